@@ -1,0 +1,262 @@
+"""The Lens HTTP API: a thin FastAPI layer over :class:`lens.engine.Lens`.
+
+Errors are always JSON ``{"error": {"code", "message", "details"}}`` with the
+status the error type names; a bad query is a 400 naming the position, never a 500.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import logging
+import time
+from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any, Literal
+
+from fastapi import FastAPI, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from lens import __version__
+from lens.config import LensSettings
+from lens.engine import Lens
+from lens.errors import BadRequest, LensError, Unauthorized
+from lens.serve import metrics
+from lens.serve.jobs import JobRunner
+
+log = logging.getLogger("lens.api")
+ModeName = Literal["exact", "ranked", "semantic", "hybrid"]
+_PUBLIC_PATHS = {"/health", "/ready", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect"}
+
+
+class SearchRequest(BaseModel):
+    q: str = Field(..., description="Query in Lens syntax (see docs/query-syntax.md)")
+    mode: ModeName = "exact"
+    limit: int = Field(100, ge=1, le=1000)
+    context: int = Field(0, ge=0, le=20)
+    cursor: str | None = None
+    timeout_ms: int | None = Field(None, ge=1, le=60000)
+    repos: list[str] | None = Field(None, description="Restrict to these repositories")
+
+
+class IndexRequest(BaseModel):
+    path: str = Field(..., description="Repository or directory on the server; must lie under LENS_ALLOWED_ROOTS")
+    name: str | None = None
+    rev: str | None = Field(None, description="Git revision (default HEAD)")
+    worktree: bool = False
+    full: bool = False
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _error(status: int, code: str, message: str, details: dict[str, Any] | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message, "details": details or {}}}, status_code=status)
+
+
+def create_app(lens: Lens | None = None, settings: LensSettings | None = None) -> FastAPI:
+    settings = settings or (lens.settings if lens else LensSettings())
+    engine = lens or Lens(settings)
+    tokens = settings.tokens()
+    if not tokens and not is_loopback(settings.host):
+        raise LensError(
+            f"refusing to serve on {settings.host} without LENS_API_TOKENS: auth may be off only on loopback"
+        )
+    token_hashes = [hashlib.sha256(t.encode()).digest() for t in tokens]
+    runner_box: dict[str, JobRunner] = {}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runner_box["runner"] = JobRunner(engine)
+        metrics.BUILD_INFO.info({"version": __version__})
+        for info in engine.repos():
+            metrics.SHARD_GENERATION.labels(repo=info["name"]).set(info["generation"] or 0)
+            metrics.REPO_FILES.labels(repo=info["name"]).set(info["files"] or 0)
+        yield
+        runner_box["runner"].close()
+
+    app = FastAPI(title="Lens", version=__version__, lifespan=lifespan,
+                  description="Code search: literal, regex, symbol, ranked (BM25) and semantic queries.")
+
+    def runner() -> JobRunner:
+        return runner_box["runner"]
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        started = time.perf_counter()
+        metrics.HTTP_IN_FLIGHT.inc()
+        status = 500
+        try:
+            length = request.headers.get("content-length")
+            if length and length.isdigit() and int(length) > settings.max_request_bytes:
+                response: Response = _error(413, "too_large", f"request body over {settings.max_request_bytes} bytes")
+            elif token_hashes and request.url.path not in _PUBLIC_PATHS and not _authorized(request, token_hashes):
+                response = _error(401, "unauthorized", "missing or invalid bearer token")
+                response.headers["WWW-Authenticate"] = 'Bearer realm="lens"'
+            else:
+                response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            route = request.scope.get("route")
+            template = getattr(route, "path", "unmatched")
+            metrics.HTTP_IN_FLIGHT.dec()
+            metrics.HTTP_REQUESTS.labels(route=template, method=request.method, status=str(status)).inc()
+            metrics.HTTP_LATENCY.labels(route=template, method=request.method).observe(
+                time.perf_counter() - started
+            )
+
+    @app.exception_handler(LensError)
+    async def lens_error(_: Request, exc: LensError) -> JSONResponse:
+        if exc.status == 400:
+            metrics.SEARCH_ERRORS.labels(code=exc.code).inc()
+        return _error(exc.status, exc.code, exc.message, exc.details)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()]
+        first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
+        where = ".".join(str(p) for p in first["loc"])
+        return _error(400, "bad_request", f"{where}: {first['msg']}", {"errors": errors})
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return _error(exc.status_code, code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return _error(500, "internal", "internal error; see server log")
+
+    def run_search(req: SearchRequest) -> dict[str, Any]:
+        started = time.perf_counter()
+        result = engine.search(
+            req.q,
+            mode=req.mode,
+            limit=req.limit,
+            context=req.context,
+            cursor=req.cursor,
+            timeout_ms=req.timeout_ms or settings.search_timeout_ms,
+            repos=req.repos,
+        )
+        metrics.SEARCH_LATENCY.labels(mode=req.mode).observe(time.perf_counter() - started)
+        metrics.SEARCH_RESULTS.labels(mode=req.mode).observe(len(result.results))
+        if result.truncated:
+            metrics.SEARCH_TRUNCATED.labels(mode=req.mode).inc()
+        if result.timed_out:
+            metrics.SEARCH_TIMEOUTS.labels(mode=req.mode).inc()
+        return result.to_dict()
+
+    @app.get("/api/v1/search", tags=["search"])
+    def search_get(
+        q: str = Query(..., max_length=settings.max_query_length),
+        mode: ModeName = "exact",
+        limit: int = Query(100, ge=1, le=1000),
+        context: int = Query(0, ge=0, le=20),
+        cursor: str | None = None,
+        timeout_ms: int | None = Query(None, ge=1, le=60000),
+        repo: list[str] | None = Query(None),
+    ) -> dict[str, Any]:
+        return run_search(SearchRequest(q=q, mode=mode, limit=limit, context=context, cursor=cursor,
+                                        timeout_ms=timeout_ms, repos=repo))
+
+    @app.post("/api/v1/search", tags=["search"])
+    def search_post(req: SearchRequest) -> dict[str, Any]:
+        if len(req.q) > settings.max_query_length:
+            raise BadRequest(f"query longer than {settings.max_query_length} characters",
+                             details={"length": len(req.q)})
+        return run_search(req)
+
+    @app.post("/api/v1/repos", status_code=202, tags=["repos"])
+    def index_repo(req: IndexRequest) -> dict[str, Any]:
+        from lens.engine import check_allowed
+        from lens.index.catalog import validate_name
+
+        path = check_allowed(Path(req.path), settings.roots())
+        name = validate_name(req.name or path.name)
+        if not path.exists():
+            raise BadRequest(f"path {req.path!r} does not exist", details={"path": req.path})
+        job = runner().submit(name, path, rev=req.rev, worktree=req.worktree, full=req.full)
+        return {"job": job.to_dict()}
+
+    @app.get("/api/v1/jobs/{job_id}", tags=["repos"])
+    def get_job(job_id: str) -> dict[str, Any]:
+        return {"job": runner().get(job_id).to_dict()}
+
+    @app.get("/api/v1/repos", tags=["repos"])
+    def list_repos() -> dict[str, Any]:
+        return {"repos": engine.repos()}
+
+    @app.get("/api/v1/repos/{name}", tags=["repos"])
+    def get_repo(name: str) -> dict[str, Any]:
+        return {"repo": engine.repo(name)}
+
+    @app.delete("/api/v1/repos/{name}", tags=["repos"])
+    def delete_repo(name: str) -> dict[str, Any]:
+        engine.remove(name)
+        return {"deleted": name}
+
+    @app.get("/api/v1/repos/{name}/files/{path:path}", tags=["repos"])
+    def read_file(name: str, path: str, start: int | None = Query(None, ge=1),
+                  end: int | None = Query(None, ge=1)) -> dict[str, Any]:
+        return engine.read_file(name, path, start, end)
+
+    @app.get("/api/v1/repos/{name}/symbols", tags=["repos"])
+    def symbols(name: str, q: str = Query(..., min_length=1, max_length=200), kind: str | None = None,
+                limit: int = Query(50, ge=1, le=1000)) -> dict[str, Any]:
+        return {"symbols": engine.symbols(name, q, kind=kind, limit=limit)}
+
+    @app.get("/health", tags=["ops"])
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/ready", tags=["ops"])
+    def ready() -> JSONResponse:
+        checks: dict[str, Any] = {}
+        ok = True
+        try:
+            names = engine.catalog.names()
+            checks["data_dir"] = {"status": "ok", "repos": len(names)}
+        except OSError as exc:
+            ok = False
+            checks["data_dir"] = {"status": "down", "error": str(exc)}
+        alive = "runner" in runner_box and runner_box["runner"]._thread.is_alive()
+        checks["index_worker"] = {"status": "ok" if alive else "down",
+                                  "queued": runner().pending() if alive else None}
+        ok = ok and alive
+        return JSONResponse({"status": "ready" if ok else "not_ready", "checks": checks},
+                            status_code=200 if ok else 503)
+
+    @app.get("/metrics", tags=["ops"])
+    def prometheus_metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def _authorized(request: Request, token_hashes: list[bytes]) -> bool:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        return False
+    digest = hashlib.sha256(token.strip().encode()).digest()
+    found = False
+    for h in token_hashes:
+        found |= hmac.compare_digest(digest, h)
+    return found
+
+
+__all__ = ["Unauthorized", "create_app", "is_loopback"]
