@@ -47,7 +47,9 @@ class Lens:
         self.catalog = Catalog(self.settings.data_dir)
         factory = embedder_factory if embedder_factory is not None else default_embedder
         self._embedder_factory: Callable[[], Embedder] | None = factory if self.settings.embed else None
-        self.searcher = Searcher(self.catalog, self._embedder_factory)
+        self.searcher = Searcher(
+            self.catalog, self._embedder_factory, max_query_length=self.settings.max_query_length
+        )
 
     # -- indexing -----------------------------------------------------------------
     def index(

@@ -7,6 +7,7 @@ Content terms form a boolean tree; filters are global (implicitly AND-ed).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Literal as TypingLiteral
 
@@ -101,7 +102,8 @@ def positive_terms(node: Node | None) -> list[Term | Regex]:
 def has_upper(query: Query) -> bool:
     """Smart case: any uppercase letter in a positive term or regex makes the query case-sensitive."""
     for t in positive_terms(query.expr):
-        text = t.text if isinstance(t, Term) else t.pattern
+        # In a regex, escapes like \W or \S are syntax, not letters the user typed.
+        text = t.text if isinstance(t, Term) else re.sub(r"\\.", "", t.pattern)
         if any(ch.isupper() for ch in text):
             return True
     return any(ch.isupper() for p in query.filters.syms for ch in p.value)

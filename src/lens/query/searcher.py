@@ -37,8 +37,15 @@ RRF_K = 60
 
 
 class Searcher:
-    def __init__(self, catalog: Catalog, embedder_factory: Callable[[], Embedder] | None = None) -> None:
+    def __init__(
+        self,
+        catalog: Catalog,
+        embedder_factory: Callable[[], Embedder] | None = None,
+        *,
+        max_query_length: int = 4096,
+    ) -> None:
         self.catalog = catalog
+        self.max_query_length = max_query_length
         self.shards = ShardSet(catalog)
         self._embedder_factory = embedder_factory
         self._embedder: Embedder | None = None
@@ -83,7 +90,7 @@ class Searcher:
             raise BadRequest(f"context must be between 0 and {MAX_CONTEXT}", details={"context": context})
         if not 1 <= timeout_ms <= MAX_TIMEOUT_MS:
             raise BadRequest(f"timeout_ms must be between 1 and {MAX_TIMEOUT_MS}", details={"timeout_ms": timeout_ms})
-        query = parse_query(text)
+        query = parse_query(text, max_length=self.max_query_length)
         fingerprint = query_fingerprint(text, mode, repos)
         offset = decode_cursor(cursor, fingerprint) if cursor else 0
         plan = ExactPlan(query, context)

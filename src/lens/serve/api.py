@@ -162,7 +162,7 @@ def create_app(lens: Lens | None = None, settings: LensSettings | None = None) -
 
     @app.get("/api/v1/search", tags=["search"])
     def search_get(
-        q: str = Query(..., max_length=settings.max_query_length),
+        q: str = Query(...),
         mode: ModeName = "exact",
         limit: int = Query(100, ge=1, le=1000),
         context: int = Query(0, ge=0, le=20),
@@ -175,9 +175,6 @@ def create_app(lens: Lens | None = None, settings: LensSettings | None = None) -
 
     @app.post("/api/v1/search", tags=["search"])
     def search_post(req: SearchRequest) -> dict[str, Any]:
-        if len(req.q) > settings.max_query_length:
-            raise BadRequest(f"query longer than {settings.max_query_length} characters",
-                             details={"length": len(req.q)})
         return run_search(req)
 
     @app.post("/api/v1/repos", status_code=202, tags=["repos"])
