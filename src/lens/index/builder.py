@@ -180,12 +180,11 @@ class _Writer:
         )
         for c in pf.chunks:
             cur = self.conn.execute(
-                "INSERT INTO chunks(file_id, start_line, end_line, kind, name, hash) VALUES(?, ?, ?, ?, ?, ?)",
+                "INSERT INTO chunks(file_id, start_line, end_line, kind, name, hash)"
+                " VALUES(?, ?, ?, ?, ?, ?)",
                 (file_id, c.start_line, c.end_line, c.kind, c.name, c.hash),
             )
-            self.conn.execute(
-                "INSERT INTO chunks_fts(rowid, tokens) VALUES(?, ?)", (cur.lastrowid, c.tokens)
-            )
+            self.conn.execute("INSERT INTO chunks_fts(rowid, tokens) VALUES(?, ?)", (cur.lastrowid, c.tokens))
 
     def delete(self, file_id: int) -> None:
         row = self.conn.execute("SELECT path, content FROM files WHERE id = ?", (file_id,)).fetchone()
@@ -266,7 +265,9 @@ def index_repository(
                 to_read.append(e)
         deleted_ids = [i for p, (i, _o) in existing.items() if p not in wanted]
         changed_ids = [existing[e.path][0] for e in to_read if e.path in existing]
-        if conn is not None and len(to_read) + len(deleted_ids) > _FULL_REBUILD_FRACTION * max(len(entries), 1):
+        if conn is not None and len(to_read) + len(deleted_ids) > _FULL_REBUILD_FRACTION * max(
+            len(entries), 1
+        ):
             conn.close()
             conn = None
         full_build = conn is None
@@ -300,18 +301,20 @@ def index_repository(
                 skips=skips,
                 on_skip=lambda entry, reason: content_skips.append((entry.path, entry.oid, reason)),
             )
-            done = 0
             written: list[str] = []
-            for pf in _parsed_stream(loaded, len(to_read)):
+            for done, pf in enumerate(_parsed_stream(loaded, len(to_read)), start=1):
                 writer.add(pf)
                 written.append(pf.loaded.path)
-                done += 1
                 if done % 50 == 0:
                     report_progress("index", done, len(to_read))
             report_progress("index", len(to_read), len(to_read))
             conn.execute("DELETE FROM skipped")
-            conn.executemany("INSERT OR REPLACE INTO skipped(path, oid, reason) VALUES(?, ?, ?)", content_skips)
-            conn.executemany("INSERT OR REPLACE INTO skipped(path, oid, reason) VALUES(?, ?, ?)", reused_skips)
+            conn.executemany(
+                "INSERT OR REPLACE INTO skipped(path, oid, reason) VALUES(?, ?, ?)", content_skips
+            )
+            conn.executemany(
+                "INSERT OR REPLACE INTO skipped(path, oid, reason) VALUES(?, ?, ?)", reused_skips
+            )
             if previous is not None:
                 _carry_vectors(conn)
             timings["index"] = time.perf_counter() - t0

@@ -63,12 +63,12 @@ ResultType = TypingLiteral["line", "file"]
 
 @dataclass(frozen=True)
 class Filters:
-    repos: tuple[Pattern, ...] = ()          # any may match (OR); substring by default
-    paths: tuple[Pattern, ...] = ()          # any may match (OR); substring by default
+    repos: tuple[Pattern, ...] = ()  # any may match (OR); substring by default
+    paths: tuple[Pattern, ...] = ()  # any may match (OR); substring by default
     exclude_paths: tuple[Pattern, ...] = ()  # none may match
-    langs: tuple[str, ...] = ()              # canonical language ids (OR)
+    langs: tuple[str, ...] = ()  # canonical language ids (OR)
     exclude_langs: tuple[str, ...] = ()
-    syms: tuple[Pattern, ...] = ()           # symbol-definition names (OR); exact by default
+    syms: tuple[Pattern, ...] = ()  # symbol-definition names (OR); exact by default
     case: CaseMode = "auto"
     type: ResultType = "line"
 

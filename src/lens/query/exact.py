@@ -139,7 +139,9 @@ def _decode_line(raw: bytes) -> str:
 def _char_ranges(raw: bytes, spans: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
     if raw.isascii():
         return [(s, e) for s, e in spans]
-    return [(len(raw[:s].decode("utf-8", "replace")), len(raw[:e].decode("utf-8", "replace"))) for s, e in spans]
+    return [
+        (len(raw[:s].decode("utf-8", "replace")), len(raw[:e].decode("utf-8", "replace"))) for s, e in spans
+    ]
 
 
 class _FileLines:
@@ -190,8 +192,22 @@ def _file_hits(
             spans = [(pos, pos + len(name.encode()))] if pos >= 0 else []
             by_line[line_no] = (ls, le, spans, {"symbol"})
         for line_no, (ls, le, spans, why) in sorted(by_line.items()):
-            out.append(_make_line(snap, plan, info, fl, content, line_no, ls, le, spans, why, CATEGORY_SYMBOL,
-                                  sym_lines[line_no]))
+            out.append(
+                _make_line(
+                    snap,
+                    plan,
+                    info,
+                    fl,
+                    content,
+                    line_no,
+                    ls,
+                    le,
+                    spans,
+                    why,
+                    CATEGORY_SYMBOL,
+                    sym_lines[line_no],
+                )
+            )
         return out
     merged: dict[int, tuple[int, list[tuple[int, int]], set[str], bool]] = {}
     for m in plan.positive:

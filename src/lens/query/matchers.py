@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import re2
 
-from lens.query.ast import And, Node, Not, Or, Pattern, Regex, Term
+from lens.query.ast import And, Node, Or, Pattern, Regex, Term
 
 Span = tuple[int, int]
 # (line_start, line_end, spans relative to line_start): byte offsets

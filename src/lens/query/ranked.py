@@ -105,7 +105,7 @@ def chunk_hit(
                 break
     line_no = start + best
     text = span[best] if span else ""
-    ranges = []
+    ranges: list[tuple[int, int]] = []
     low = text.lower()
     for t in tokens:
         pos = low.find(t)

@@ -8,15 +8,14 @@ from RE2), it returns ``None``: scan every file.
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from typing import Any
 
 from lens.query.ast import And, Node, Not, Or, Regex, Term
 
-try:  # Python 3.11+: the sre parser moved under re._parser
-    from re import _parser as sre_parse  # type: ignore[attr-defined]
-except ImportError:  # pragma: no cover
-    import sre_parse  # type: ignore[no-redef]
+# Python's own regex parser (``re._parser``, 3.11+) reads RE2's common syntax the same way.
+sre_parse: Any = importlib.import_module("re._parser")
 
 _MAX_TRIGRAMS_PER_LITERAL = 8
 # RE2 syntax that Python's sre parser would misread; with these we do not prefilter.

@@ -89,14 +89,16 @@ class Searcher:
         if not 0 <= context <= MAX_CONTEXT:
             raise BadRequest(f"context must be between 0 and {MAX_CONTEXT}", details={"context": context})
         if not 1 <= timeout_ms <= MAX_TIMEOUT_MS:
-            raise BadRequest(f"timeout_ms must be between 1 and {MAX_TIMEOUT_MS}", details={"timeout_ms": timeout_ms})
+            raise BadRequest(
+                f"timeout_ms must be between 1 and {MAX_TIMEOUT_MS}", details={"timeout_ms": timeout_ms}
+            )
         query = parse_query(text, max_length=self.max_query_length)
         fingerprint = query_fingerprint(text, mode, repos)
         offset = decode_cursor(cursor, fingerprint) if cursor else 0
         plan = ExactPlan(query, context)
         views = self._views(query, repos)
         deadline = Deadline(timeout_ms)
-        typed_mode: Mode = mode  # type: ignore[assignment]
+        typed_mode: Mode = mode
         if typed_mode == "exact":
             result = self._exact(plan, views, offset, limit, deadline)
         else:
@@ -149,12 +151,16 @@ class Searcher:
     ) -> SearchResult:
         want = offset + limit + 1
         tokens = ranked_tokens(plan)
-        query_text = " ".join(t.text if isinstance(t, Term) else t.pattern for t in positive_terms(plan.query.expr))
+        query_text = " ".join(
+            t.text if isinstance(t, Term) else t.pattern for t in positive_terms(plan.query.expr)
+        )
         embedder = self.embedder() if mode in ("semantic", "hybrid") else None
         if mode in ("semantic", "hybrid") and embedder is None:
             raise BadRequest("semantic search is not configured on this server", details={"mode": mode})
         if mode == "ranked" and not tokens:
-            raise BadRequest("ranked mode needs at least one word to rank by", details={"query": plan.query.source})
+            raise BadRequest(
+                "ranked mode needs at least one word to rank by", details={"query": plan.query.source}
+            )
         hits: list[Hit] = []
         sem_status: dict[str, Any] | None = None
         warnings: list[str] = []

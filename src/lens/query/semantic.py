@@ -101,6 +101,17 @@ def search_semantic(snap: Snapshot, plan: ExactPlan, embedder: Embedder, text: s
         if row is None:
             continue
         hits.append(
-            chunk_hit(snap, file_id, row[0], row[1], row[2], row[3], float(scores[idx]), [], "semantic", plan.context)
+            chunk_hit(
+                snap,
+                file_id,
+                row[0],
+                row[1],
+                row[2],
+                row[3],
+                float(scores[idx]),
+                [],
+                "semantic",
+                plan.context,
+            )
         )
     return hits

@@ -11,8 +11,8 @@ import hmac
 import ipaddress
 import logging
 import time
-from contextlib import asynccontextmanager
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -46,7 +46,9 @@ class SearchRequest(BaseModel):
 
 
 class IndexRequest(BaseModel):
-    path: str = Field(..., description="Repository or directory on the server; must lie under LENS_ALLOWED_ROOTS")
+    path: str = Field(
+        ..., description="Repository or directory on the server; must lie under LENS_ALLOWED_ROOTS"
+    )
     name: str | None = None
     rev: str | None = Field(None, description="Git revision (default HEAD)")
     worktree: bool = False
@@ -63,7 +65,9 @@ def is_loopback(host: str) -> bool:
 
 
 def _error(status: int, code: str, message: str, details: dict[str, Any] | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message, "details": details or {}}}, status_code=status)
+    return JSONResponse(
+        {"error": {"code": code, "message": message, "details": details or {}}}, status_code=status
+    )
 
 
 def create_app(lens: Lens | None = None, settings: LensSettings | None = None) -> FastAPI:
@@ -87,8 +91,12 @@ def create_app(lens: Lens | None = None, settings: LensSettings | None = None) -
         yield
         runner_box["runner"].close()
 
-    app = FastAPI(title="Lens", version=__version__, lifespan=lifespan,
-                  description="Code search: literal, regex, symbol, ranked (BM25) and semantic queries.")
+    app = FastAPI(
+        title="Lens",
+        version=__version__,
+        lifespan=lifespan,
+        description="Code search: literal, regex, symbol, ranked (BM25) and semantic queries.",
+    )
 
     def runner() -> JobRunner:
         return runner_box["runner"]
@@ -101,8 +109,14 @@ def create_app(lens: Lens | None = None, settings: LensSettings | None = None) -
         try:
             length = request.headers.get("content-length")
             if length and length.isdigit() and int(length) > settings.max_request_bytes:
-                response: Response = _error(413, "too_large", f"request body over {settings.max_request_bytes} bytes")
-            elif token_hashes and request.url.path not in _PUBLIC_PATHS and not _authorized(request, token_hashes):
+                response: Response = _error(
+                    413, "too_large", f"request body over {settings.max_request_bytes} bytes"
+                )
+            elif (
+                token_hashes
+                and request.url.path not in _PUBLIC_PATHS
+                and not _authorized(request, token_hashes)
+            ):
                 response = _error(401, "unauthorized", "missing or invalid bearer token")
                 response.headers["WWW-Authenticate"] = 'Bearer realm="lens"'
             else:
@@ -170,8 +184,11 @@ def create_app(lens: Lens | None = None, settings: LensSettings | None = None) -
         timeout_ms: int | None = Query(None, ge=1, le=60000),
         repo: list[str] | None = Query(None),
     ) -> dict[str, Any]:
-        return run_search(SearchRequest(q=q, mode=mode, limit=limit, context=context, cursor=cursor,
-                                        timeout_ms=timeout_ms, repos=repo))
+        return run_search(
+            SearchRequest(
+                q=q, mode=mode, limit=limit, context=context, cursor=cursor, timeout_ms=timeout_ms, repos=repo
+            )
+        )
 
     @app.post("/api/v1/search", tags=["search"])
     def search_post(req: SearchRequest) -> dict[str, Any]:
@@ -207,13 +224,18 @@ def create_app(lens: Lens | None = None, settings: LensSettings | None = None) -
         return {"deleted": name}
 
     @app.get("/api/v1/repos/{name}/files/{path:path}", tags=["repos"])
-    def read_file(name: str, path: str, start: int | None = Query(None, ge=1),
-                  end: int | None = Query(None, ge=1)) -> dict[str, Any]:
+    def read_file(
+        name: str, path: str, start: int | None = Query(None, ge=1), end: int | None = Query(None, ge=1)
+    ) -> dict[str, Any]:
         return engine.read_file(name, path, start, end)
 
     @app.get("/api/v1/repos/{name}/symbols", tags=["repos"])
-    def symbols(name: str, q: str = Query(..., min_length=1, max_length=200), kind: str | None = None,
-                limit: int = Query(50, ge=1, le=1000)) -> dict[str, Any]:
+    def symbols(
+        name: str,
+        q: str = Query(..., min_length=1, max_length=200),
+        kind: str | None = None,
+        limit: int = Query(50, ge=1, le=1000),
+    ) -> dict[str, Any]:
         return {"symbols": engine.symbols(name, q, kind=kind, limit=limit)}
 
     @app.get("/health", tags=["ops"])
@@ -231,11 +253,14 @@ def create_app(lens: Lens | None = None, settings: LensSettings | None = None) -
             ok = False
             checks["data_dir"] = {"status": "down", "error": str(exc)}
         alive = "runner" in runner_box and runner_box["runner"]._thread.is_alive()
-        checks["index_worker"] = {"status": "ok" if alive else "down",
-                                  "queued": runner().pending() if alive else None}
+        checks["index_worker"] = {
+            "status": "ok" if alive else "down",
+            "queued": runner().pending() if alive else None,
+        }
         ok = ok and alive
-        return JSONResponse({"status": "ready" if ok else "not_ready", "checks": checks},
-                            status_code=200 if ok else 503)
+        return JSONResponse(
+            {"status": "ready" if ok else "not_ready", "checks": checks}, status_code=200 if ok else 503
+        )
 
     @app.get("/metrics", tags=["ops"])
     def prometheus_metrics() -> Response:

@@ -17,7 +17,9 @@ from lens.config import LensSettings
 from lens.engine import Lens
 from lens.errors import LensError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Lens: code search (index, search, serve).")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="Lens: code search (index, search, serve)."
+)
 out = Console()
 err = Console(stderr=True)
 
@@ -39,7 +41,9 @@ def index(
     path: Annotated[Path, typer.Argument(help="Git repository or plain directory")] = Path("."),
     name: Annotated[str | None, typer.Option(help="Repository name (default: directory name)")] = None,
     rev: Annotated[str | None, typer.Option(help="Git revision to index (default HEAD)")] = None,
-    worktree: Annotated[bool, typer.Option(help="Index the working directory, uncommitted changes included")] = False,
+    worktree: Annotated[
+        bool, typer.Option(help="Index the working directory, uncommitted changes included")
+    ] = False,
     full: Annotated[bool, typer.Option(help="Rebuild from scratch instead of incrementally")] = False,
     embed: Annotated[bool, typer.Option(help="Compute embeddings for semantic search after indexing")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object")] = False,
@@ -49,8 +53,13 @@ def index(
     show = not as_json and sys.stderr.isatty()
     try:
         with Progress(
-            TextColumn("{task.description:<9}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            console=err, disable=not show, transient=False,
+            TextColumn("{task.description:<9}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err,
+            disable=not show,
+            transient=False,
         ) as bar:
             tasks: dict[str, Any] = {}
 
@@ -72,12 +81,15 @@ def index(
         return
     mode = "full build" if report.full_build else "incremental"
     out.print(
-        f"[bold]{report.name}[/bold] @ {report.commit or report.kind}: {mode}, generation {report.generation}, "
+        f"[bold]{report.name}[/bold] @ {report.commit or report.kind}: {mode}, "
+        f"generation {report.generation}, "
         f"{report.files} files ({report.bytes_indexed / 1e6:.1f} MB), {report.symbols} symbols, "
         f"{report.chunks} chunks in {report.seconds:.2f}s"
     )
-    out.print(f"  added {report.added}, changed {report.changed}, deleted {report.deleted}, "
-              f"unchanged {report.unchanged}; embedded {embedded} chunks")
+    out.print(
+        f"  added {report.added}, changed {report.changed}, deleted {report.deleted}, "
+        f"unchanged {report.unchanged}; embedded {embedded} chunks"
+    )
     if report.skipped:
         out.print("  skipped: " + ", ".join(f"{k} {v}" for k, v in sorted(report.skipped.items())))
 
@@ -96,8 +108,9 @@ def search(
     """Search the indexed repositories."""
     lens = _lens()
     try:
-        result = lens.search(query, mode=mode, limit=limit, context=context, cursor=cursor,
-                             timeout_ms=timeout_ms, repos=repo)
+        result = lens.search(
+            query, mode=mode, limit=limit, context=context, cursor=cursor, timeout_ms=timeout_ms, repos=repo
+        )
     except LensError as exc:
         _fail(exc, as_json)
         return
@@ -106,7 +119,9 @@ def search(
         return
     for hit in result.results:
         for i, line in enumerate(hit.before):
-            out.print(Text(f"{hit.repo}/{hit.path}-{hit.line_number - len(hit.before) + i}-{line}", style="dim"))
+            out.print(
+                Text(f"{hit.repo}/{hit.path}-{hit.line_number - len(hit.before) + i}-{line}", style="dim")
+            )
         text = Text(hit.line)
         for s, e in hit.ranges:
             text.stylize("bold red", s, e)
@@ -135,8 +150,13 @@ def repos(as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = 
     for r in infos:
         sem = r["semantic"]
         table.add_row(
-            r["name"], (r["commit"] or r["kind"] or "")[:12], str(r["generation"]), str(r["files"]),
-            f"{(r['bytes'] or 0) / 1e6:.1f}", str(r["symbols"]), f"{sem['status']} {sem['embedded']}/{sem['total']}",
+            r["name"],
+            (r["commit"] or r["kind"] or "")[:12],
+            str(r["generation"]),
+            str(r["files"]),
+            f"{(r['bytes'] or 0) / 1e6:.1f}",
+            str(r["symbols"]),
+            f"{sem['status']} {sem['embedded']}/{sem['total']}",
             ", ".join(f"{k} {v}" for k, v in sorted(r["skipped"].items())) or "-",
         )
     out.print(table)

@@ -138,7 +138,11 @@ class JobRunner:
             metrics.INDEX_JOBS.labels(outcome="failed").inc()
         except Exception as exc:  # a job failure must never kill the worker
             job.state = "failed"
-            job.error = {"code": "internal", "message": str(exc), "details": {"trace": traceback.format_exc(limit=5)}}
+            job.error = {
+                "code": "internal",
+                "message": str(exc),
+                "details": {"trace": traceback.format_exc(limit=5)},
+            }
             metrics.INDEX_JOBS.labels(outcome="failed").inc()
         finally:
             job.finished_at = time.time()
