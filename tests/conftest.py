@@ -25,8 +25,12 @@ GIT_ENV = {
 
 def git(repo: Path, *args: str) -> str:
     env = {**os.environ, **GIT_ENV}
-    out = subprocess.run(["git", "-C", str(repo), "-c", "commit.gpgsign=false", *args],
-                         check=True, capture_output=True, env=env)
+    out = subprocess.run(
+        ["git", "-C", str(repo), "-c", "commit.gpgsign=false", *args],
+        check=True,
+        capture_output=True,
+        env=env,
+    )
     return out.stdout.decode().strip()
 
 

@@ -111,8 +111,8 @@ class Lens:
             meta = snap.meta
             embedded, total = pending_counts(snap.conn)
         size = sum(p.stat().st_size for p in shard.parent.iterdir() if p.is_file())
-        semantic = "disabled" if self._embedder_factory is None else (
-            "ready" if embedded == total else "pending"
+        semantic = (
+            "disabled" if self._embedder_factory is None else ("ready" if embedded == total else "pending")
         )
         return {
             "name": name,
@@ -128,11 +128,17 @@ class Lens:
             "chunks": meta.get("chunks"),
             "skipped": meta.get("skipped", {}),
             "index_bytes": size,
-            "semantic": {"status": semantic, "embedded": embedded, "total": total,
-                         "model": meta.get("embed_model")},
+            "semantic": {
+                "status": semantic,
+                "embedded": embedded,
+                "total": total,
+                "model": meta.get("embed_model"),
+            },
         }
 
-    def read_file(self, name: str, path: str, start: int | None = None, end: int | None = None) -> dict[str, Any]:
+    def read_file(
+        self, name: str, path: str, start: int | None = None, end: int | None = None
+    ) -> dict[str, Any]:
         """A line range of a file exactly as indexed (1-based, inclusive)."""
         view = self.searcher.shards.view(validate_name(name))
         with view.snapshot() as snap:
@@ -141,7 +147,9 @@ class Lens:
             ).fetchone()
             commit = snap.commit
         if row is None:
-            raise NotFound(f"file {path!r} is not in repository {name!r}", details={"repo": name, "path": path})
+            raise NotFound(
+                f"file {path!r} is not in repository {name!r}", details={"repo": name, "path": path}
+            )
         content, lang, sha, total_lines = row
         lines = content.split("\n")
         if content.endswith("\n"):
@@ -149,10 +157,14 @@ class Lens:
         first = 1 if start is None else start
         last = len(lines) if end is None else min(end, len(lines))
         if first < 1 or (end is not None and end < first):
-            raise BadRequest("invalid line range: need 1 <= start <= end", details={"start": start, "end": end})
+            raise BadRequest(
+                "invalid line range: need 1 <= start <= end", details={"start": start, "end": end}
+            )
         if last - first + 1 > MAX_SPAN_LINES:
-            raise BadRequest(f"line range too large (at most {MAX_SPAN_LINES} lines)",
-                             details={"start": first, "end": last})
+            raise BadRequest(
+                f"line range too large (at most {MAX_SPAN_LINES} lines)",
+                details={"start": first, "end": last},
+            )
         return {
             "repo": name,
             "path": path,
@@ -174,7 +186,8 @@ class Lens:
         sql = (
             "SELECT s.name, s.kind, s.container, s.start_line, s.end_line, s.line, f.path, f.lang, f.id"
             " FROM symbols s JOIN files f ON f.id = s.file_id"
-            " WHERE s.name LIKE ? ESCAPE '\\'" + (" AND s.kind = ?" if kind else "")
+            " WHERE s.name LIKE ? ESCAPE '\\'"
+            + (" AND s.kind = ?" if kind else "")
             + " ORDER BY (s.name = ?) DESC, (lower(s.name) = lower(?)) DESC, f.id, s.line LIMIT ?"
         )
         params: list[Any] = [escaped + "%"] + ([kind] if kind else []) + [q, q, limit]
@@ -183,8 +196,16 @@ class Lens:
             commit = snap.commit
         return [
             {
-                "name": r[0], "kind": r[1], "container": r[2], "start_line": r[3], "end_line": r[4],
-                "line": r[5], "path": r[6], "language": r[7], "repo": name, "commit": commit,
+                "name": r[0],
+                "kind": r[1],
+                "container": r[2],
+                "start_line": r[3],
+                "end_line": r[4],
+                "line": r[5],
+                "path": r[6],
+                "language": r[7],
+                "repo": name,
+                "commit": commit,
                 "rank_class": shardlib.class_of_id(r[8]),
             }
             for r in rows
