@@ -62,7 +62,9 @@ class Lens:
         full: bool = False,
         progress: Progress | None = None,
         enforce_roots: bool = False,
+        seed: str | None = None,
     ) -> IndexReport:
+        """Index ``path``; ``seed`` names an indexed repository to start from when ``name`` is new."""
         if enforce_roots:
             path = check_allowed(path, self.settings.roots())
         resolved = path.expanduser().resolve()
@@ -76,6 +78,7 @@ class Lens:
             max_file_bytes=self.settings.max_file_bytes,
             full=full,
             progress=progress,
+            seed_from=self.catalog.current_shard(validate_name(seed)) if seed else None,
         )
 
     def embed(

@@ -10,14 +10,14 @@ SourceKind = Literal["git", "worktree", "dir"]
 
 # Every reason a file can be skipped; counts are reported per reason.
 SKIP_REASONS = (
-    "ignored",      # .gitignore / .lensignore (working-directory and plain-directory sources)
-    "vendored",     # node_modules, vendor, dist, build, target, .git, ... folders
-    "minified",     # *.min.js, *.min.css, one-line bundles
-    "too_large",    # over max_file_bytes
-    "binary",       # NUL byte in the first 8 KiB
+    "ignored",  # .gitignore / .lensignore (working-directory and plain-directory sources)
+    "vendored",  # node_modules, vendor, dist, build, target, .git, ... folders
+    "minified",  # *.min.js, *.min.css, one-line bundles
+    "too_large",  # over max_file_bytes
+    "binary",  # NUL byte in the first 8 KiB
     "undecodable",  # not valid UTF-8
-    "symlink",      # links are never followed
-    "submodule",    # git submodules (gitlinks)
+    "symlink",  # links are never followed
+    "submodule",  # git submodules (gitlinks)
 )
 
 

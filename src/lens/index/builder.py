@@ -224,8 +224,14 @@ def index_repository(
     max_file_bytes: int = 1 << 20,
     full: bool = False,
     progress: Progress | None = None,
+    seed_from: Path | None = None,
 ) -> IndexReport:
-    """Index ``path`` as repository ``name``; incremental when a compatible shard exists."""
+    """Index ``path`` as repository ``name``; incremental when a compatible shard exists.
+
+    ``seed_from`` (another repository's shard) lets a new repository start from a
+    copy of a related one, e.g. the same project at an earlier commit, so only the
+    files that differ are parsed and embedded again.
+    """
     started = time.perf_counter()
     report_progress: Progress = progress or (lambda stage, done, total: None)
     timings: dict[str, float] = {}
@@ -241,8 +247,13 @@ def index_repository(
         build_dir: Path | None = None
         existing: dict[str, tuple[int, str]] = {}
         known_skips: dict[str, tuple[str, str]] = {}
-        if current is not None and not full:
-            conn = shardlib.connect(current)
+        base = current
+        if current is None and seed_from is not None and seed_from.exists() and not full:
+            build_dir = catalog.new_build_dir(name)
+            _copy_shard(seed_from, build_dir / SHARD_FILE)
+            base = build_dir / SHARD_FILE
+        if base is not None and not full:
+            conn = shardlib.connect(base)
             meta = shardlib.get_meta(conn)
             if meta.get("schema_version") != shardlib.SCHEMA_VERSION:
                 conn.close()
@@ -272,7 +283,7 @@ def index_repository(
             conn = None
         full_build = conn is None
         if full_build:
-            build_dir = catalog.new_build_dir(name)
+            build_dir = catalog.new_build_dir(name)  # also clears a seed copy made above
             conn = shardlib.create(build_dir / SHARD_FILE)
             to_read = to_read + unchanged
             to_read.sort(key=lambda e: e.path)
@@ -285,7 +296,9 @@ def index_repository(
             skips.add(reason)
 
         assert conn is not None
-        previous = current if full_build and current is not None and current.exists() else None
+        previous = current if current is not None else seed_from
+        if not full_build or previous is None or not previous.exists():
+            previous = None
         if previous is not None:
             conn.execute("ATTACH DATABASE ? AS prev", (str(previous),))
         try:
@@ -345,10 +358,9 @@ def index_repository(
             raise
         if previous is not None:
             conn.execute("DETACH DATABASE prev")
-        if full_build:
+        if build_dir is not None:
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             conn.close()
-            assert build_dir is not None
             catalog.publish(name, build_dir)
         else:
             conn.close()
@@ -386,3 +398,17 @@ def _carry_vectors(conn: sqlite3.Connection) -> None:
     dim = conn.execute("SELECT value FROM prev.meta WHERE key = 'embed_dim'").fetchone()
     if dim is not None:
         conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES('embed_dim', ?)", (dim[0],))
+
+
+def _copy_shard(src: Path, dst: Path) -> None:
+    """A consistent copy of a live shard (the backup API sees committed WAL frames too)."""
+    source = shardlib.connect(src, readonly=True)
+    target = sqlite3.connect(str(dst))
+    try:
+        source.backup(target)
+    finally:
+        target.close()
+        source.close()
+    conn = shardlib.connect(dst)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.close()

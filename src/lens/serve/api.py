@@ -53,6 +53,7 @@ class IndexRequest(BaseModel):
     rev: str | None = Field(None, description="Git revision (default HEAD)")
     worktree: bool = False
     full: bool = False
+    seed: str | None = Field(None, description="Indexed repository to start from when `name` is new")
 
 
 def is_loopback(host: str) -> bool:
@@ -203,7 +204,7 @@ def create_app(lens: Lens | None = None, settings: LensSettings | None = None) -
         name = validate_name(req.name or path.name)
         if not path.exists():
             raise BadRequest(f"path {req.path!r} does not exist", details={"path": req.path})
-        job = runner().submit(name, path, rev=req.rev, worktree=req.worktree, full=req.full)
+        job = runner().submit(name, path, rev=req.rev, worktree=req.worktree, full=req.full, seed=req.seed)
         return {"job": job.to_dict()}
 
     @app.get("/api/v1/jobs/{job_id}", tags=["repos"])

@@ -32,6 +32,7 @@ class Job:
     rev: str | None
     worktree: bool
     full: bool
+    seed: str | None = None
     state: JobState = "queued"
     stage: str = "queued"
     done: int = 0
@@ -51,6 +52,7 @@ class Job:
             "rev": self.rev,
             "worktree": self.worktree,
             "full": self.full,
+            "seed": self.seed,
             "state": self.state,
             "progress": {"stage": self.stage, "done": self.done, "total": self.total},
             "created_at": self.created_at,
@@ -73,8 +75,12 @@ class JobRunner:
         self._thread = threading.Thread(target=self._run, name="lens-index-worker", daemon=True)
         self._thread.start()
 
-    def submit(self, repo: str, path: Path, *, rev: str | None, worktree: bool, full: bool) -> Job:
-        job = Job(id=uuid.uuid4().hex, repo=repo, path=str(path), rev=rev, worktree=worktree, full=full)
+    def submit(
+        self, repo: str, path: Path, *, rev: str | None, worktree: bool, full: bool, seed: str | None = None
+    ) -> Job:
+        job = Job(
+            id=uuid.uuid4().hex, repo=repo, path=str(path), rev=rev, worktree=worktree, full=full, seed=seed
+        )
         with self._lock:
             self._jobs[job.id] = job
             if len(self._jobs) > self._max:
@@ -122,6 +128,7 @@ class JobRunner:
                 worktree=job.worktree,
                 full=job.full,
                 progress=self._progress(job),
+                seed=job.seed,
             )
             job.report = report.to_dict()
             metrics.record_index(report)
