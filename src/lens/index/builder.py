@@ -8,6 +8,7 @@ previous state searchable and the next run completes the work.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import sqlite3
 import time
@@ -133,7 +134,11 @@ def _parsed_stream(files: Iterator[LoadedFile], total: int) -> Iterator[ParsedFi
         for batch in _batched(files, _BATCH_FILES):
             yield from _parse_files(batch)
         return
-    pool: Executor = ProcessPoolExecutor(max_workers=workers)
+    # forkserver, not fork: forked workers would inherit the repository's flock (and git pipes)
+    # and keep holding them if this process is killed.
+    pool: Executor = ProcessPoolExecutor(
+        max_workers=workers, mp_context=multiprocessing.get_context("forkserver")
+    )
     try:
         pending = []
         for batch in _batched(files, _BATCH_FILES):
