@@ -159,7 +159,7 @@ class Lens:
             lines = lines[:-1]
         first = 1 if start is None else start
         last = len(lines) if end is None else min(end, len(lines))
-        if first < 1 or (end is not None and end < first):
+        if first < 1 or (end is not None and end < first) or (first > len(lines) and lines):
             raise BadRequest(
                 "invalid line range: need 1 <= start <= end", details={"start": start, "end": end}
             )

@@ -80,7 +80,8 @@ def _line_matcher(node: Term | Regex, cs: bool) -> re.Pattern[str]:
     flags = 0 if cs else re.IGNORECASE
     if isinstance(node, Term):
         return re.compile(re.escape(node.text), flags)
-    return re.compile(node.pattern, flags)
+    # RE2's \w is ASCII-only (Python's is Unicode): spell it out so both engines mean the same.
+    return re.compile(node.pattern.replace(r"\w", "[0-9A-Za-z_]"), flags)
 
 
 def reference(files: dict[str, str], query: Query) -> set[tuple[str, int]]:

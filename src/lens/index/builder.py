@@ -252,6 +252,7 @@ def index_repository(
         build_dir: Path | None = None
         existing: dict[str, tuple[int, str]] = {}
         known_skips: dict[str, tuple[str, str]] = {}
+        prior_generation = _generation_of(current) if current is not None else 0
         base = current
         if current is None and seed_from is not None and seed_from.exists() and not full:
             build_dir = catalog.new_build_dir(name)
@@ -338,7 +339,7 @@ def index_repository(
             timings["index"] = time.perf_counter() - t0
             files, size, symbols, chunks = _counts(conn)
             meta = shardlib.get_meta(conn)
-            generation = int(meta.get("generation", 0)) + 1
+            generation = max(int(meta.get("generation", 0)), prior_generation) + 1
             shardlib.set_meta(
                 conn,
                 name=name,
@@ -417,3 +418,11 @@ def _copy_shard(src: Path, dst: Path) -> None:
     conn = shardlib.connect(dst)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.close()
+
+
+def _generation_of(shard: Path) -> int:
+    conn = shardlib.connect(shard, readonly=True)
+    try:
+        return int(shardlib.get_meta(conn).get("generation", 0))
+    finally:
+        conn.close()

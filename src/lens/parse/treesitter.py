@@ -207,6 +207,16 @@ def _parser(lang: str) -> ts.Parser:
     return parser
 
 
+def language(lang: str) -> ts.Language:
+    """The cached tree-sitter Language for ``lang``, for callers compiling their own queries (Mimir)."""
+    return _spec(lang).language
+
+
+def parse(lang: str, content: bytes) -> ts.Tree:
+    """Parse with this thread's cached parser, so several passes (e.g. Mimir's) can share one tree."""
+    return _parser(lang).parse(content)
+
+
 def supports(lang: str | None) -> bool:
     """Whether ``lang`` (a canonical id) has a tree-sitter grammar here."""
     return lang in LANGUAGES
@@ -328,10 +338,14 @@ def _classify(
     return raw, name, None
 
 
-def extract(lang: str, content: bytes) -> Extraction:
-    """Definitions in ``content`` (source in ``lang``); tolerant of syntax errors like tree-sitter."""
+def extract(lang: str, content: bytes, tree: ts.Tree | None = None) -> Extraction:
+    """Definitions in ``content`` (source in ``lang``); tolerant of syntax errors like tree-sitter.
+
+    ``tree`` is ``content`` already parsed with :func:`parse`, to avoid parsing twice.
+    """
     spec = _spec(lang)
-    tree = _parser(lang).parse(content)
+    if tree is None:
+        tree = _parser(lang).parse(content)
     matches = ts.QueryCursor(spec.query).matches(tree.root_node)
 
     defs: list[_Def] = []

@@ -31,12 +31,18 @@ class VectorTable:
     model: str | None
 
 
-_cache: dict[tuple[str, int, int], VectorTable] = {}
+_cache: dict[tuple[str, str, int, int], VectorTable] = {}
 _cache_lock = threading.Lock()
 
 
 def vector_table(snap: Snapshot, dim: int) -> VectorTable:
-    key = (str(snap.repo), snap.generation, int(snap.meta.get("vectors_version", 0)))
+    # The shard path names the data dir and generation directory: a rebuilt shard never reuses a table.
+    key = (
+        str(snap.shard.parent.parent),
+        str(snap.shard),
+        snap.generation,
+        int(snap.meta.get("vectors_version", 0)),
+    )
     table = _cache.get(key)
     if table is not None:
         return table

@@ -31,8 +31,16 @@ class FileInfo:
 class Snapshot:
     """One shard as of one read transaction."""
 
-    def __init__(self, repo: str, conn: sqlite3.Connection, meta: dict[str, Any], files: dict[int, FileInfo]):
+    def __init__(
+        self,
+        repo: str,
+        shard: Path,
+        conn: sqlite3.Connection,
+        meta: dict[str, Any],
+        files: dict[int, FileInfo],
+    ):
         self.repo = repo
+        self.shard = shard
         self.conn = conn
         self.meta = meta
         self.files = files
@@ -94,7 +102,7 @@ class ShardView:
         try:
             meta = shardlib.get_meta(conn)
             files = self._file_table(shard, int(meta.get("generation", 0)), conn)
-            yield Snapshot(self.repo, conn, meta, files)
+            yield Snapshot(self.repo, shard, conn, meta, files)
         finally:
             conn.execute("ROLLBACK")
 

@@ -202,8 +202,9 @@ def create_app(lens: Lens | None = None, settings: LensSettings | None = None) -
 
         path = check_allowed(Path(req.path), settings.roots())
         name = validate_name(req.name or path.name)
-        if not path.exists():
-            raise BadRequest(f"path {req.path!r} does not exist", details={"path": req.path})
+        if not path.is_dir():
+            what = "does not exist" if not path.exists() else "is not a directory"
+            raise BadRequest(f"path {req.path!r} {what}", details={"path": req.path})
         job = runner().submit(name, path, rev=req.rev, worktree=req.worktree, full=req.full, seed=req.seed)
         return {"job": job.to_dict()}
 
