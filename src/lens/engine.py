@@ -78,7 +78,7 @@ class Lens:
             max_file_bytes=self.settings.max_file_bytes,
             full=full,
             progress=progress,
-            seed_from=self.catalog.current_shard(validate_name(seed)) if seed else None,
+            seed_from=self.catalog.require_shard(validate_name(seed)) if seed else None,
         )
 
     def embed(
@@ -113,7 +113,7 @@ class Lens:
         with view.snapshot() as snap:
             meta = snap.meta
             embedded, total = pending_counts(snap.conn)
-        size = sum(p.stat().st_size for p in shard.parent.iterdir() if p.is_file())
+        size = data_dir_usage(shard.parent)
         semantic = (
             "disabled" if self._embedder_factory is None else ("ready" if embedded == total else "pending")
         )

@@ -138,6 +138,16 @@ class JobRunner:
                 job.done, job.total = done, total
 
             job.embedded = self.lens.embed(job.repo, progress=embed_progress, should_stop=self._stop.is_set)
+            if self._stop.is_set():
+                job.state = "failed"
+                job.error = {
+                    "code": "interrupted",
+                    "message": "server shut down during embedding: the lexical index is live, "
+                    "semantic search is incomplete until the next index run",
+                    "details": {},
+                }
+                metrics.INDEX_JOBS.labels(outcome="interrupted").inc()
+                return
             job.state, job.stage = "succeeded", "done"
             metrics.INDEX_JOBS.labels(outcome="succeeded").inc()
         except LensError as exc:
