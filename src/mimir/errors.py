@@ -9,6 +9,10 @@ class UnknownIndex(NotFound):
     code = "unknown_index"
 
 
+class UnknownJob(NotFound):
+    code = "unknown_job"
+
+
 class RunCancelled(LensError):
     code = "cancelled"
     status = 409

@@ -42,11 +42,12 @@ class Mimir:
     # -- indexing ---------------------------------------------------------------------
     def ensure_repo_index(self, path: str, rev: str = "HEAD", force: bool = False) -> dict[str, Any]:
         rec, run = self.manager.ensure(path, rev, force)
+        active = run is not None and run.state in ("queued", "running")
         return {
             "index_id": rec.index_id,
             "status": rec.status,
             "commit": rec.commit,
-            "reused": run is None or run.state == "succeeded",
+            "reused": rec.status == "ready" and not active,
             "run": run.to_dict() if run else None,
         }
 

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from mimir.errors import UnknownIndex
+from mimir.errors import UnknownIndex, UnknownJob
 
 RUN_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 
@@ -254,7 +254,7 @@ class SqliteStore:
             (run_id,),
         ).fetchone()
         if row is None:
-            raise UnknownIndex(f"unknown job {run_id!r}", details={"job_id": run_id})
+            raise UnknownJob(f"unknown job {run_id!r}", details={"job_id": run_id})
         stages = [
             {
                 "stage": s,

@@ -71,7 +71,7 @@ class IndexManager:
                 rec = None
             if rec is not None and rec.latest_run:
                 run = self.store.get_run(rec.latest_run)
-                if run.state in _ACTIVE and self._alive(run.run_id):
+                if run.state in _ACTIVE and self._alive(run):
                     return rec, run
                 if rec.status == "ready" and not force:
                     return rec, run
@@ -109,9 +109,18 @@ class IndexManager:
             threading.Thread(target=self._reap, args=(run_id, proc), daemon=True).start()
             return self.store.get_index(index_id), self.store.get_run(run_id)
 
-    def _alive(self, run_id: str) -> bool:
-        proc = self._procs.get(run_id)
-        return proc is not None and proc.poll() is None
+    def _alive(self, run: RunRecord) -> bool:
+        """Is the run's worker still running? Runs started by another Mimir process count too."""
+        proc = self._procs.get(run.run_id)
+        if proc is not None:
+            return proc.poll() is None
+        if not run.pid:
+            return run.state == "queued" and time.time() - run.created_at < 30
+        try:
+            cmdline = Path(f"/proc/{run.pid}/cmdline").read_bytes()
+        except OSError:
+            return False
+        return run.run_id.encode() in cmdline
 
     def _reap(self, run_id: str, proc: subprocess.Popen[bytes]) -> None:
         code = proc.wait()

@@ -1,0 +1,370 @@
+"""The Mimir HTTP server: a REST API and the MCP Streamable HTTP endpoint (``/mcp``) in one FastAPI app.
+
+Same conventions as the Lens API: errors are always JSON
+``{"error": {"code", "message", "details"}}`` with the status the error type names;
+bearer tokens (``MIMIR_API_TOKENS``) are compared as SHA-256 digests in constant time;
+``/health``, ``/ready``, ``/metrics`` and the OpenAPI document stay public.
+
+The MCP transport runs *stateless*: every POST is served on its own, so all three kinds
+of client work against the same endpoint -- 2026-era clients that never initialize,
+handshake-era clients that initialize first, and handshake-era clients that skip the
+handshake. Progress notifications still flow (on the POST's SSE response); what
+stateless mode gives up is server-to-client requests (sampling, elicitation), which
+Mimir does not use. Auth and metrics are a pure ASGI middleware rather than
+``@app.middleware("http")``, so the long-lived SSE responses of ``/mcp`` stream
+through untouched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, Literal
+
+from fastapi import FastAPI, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
+from mcp.server.streamable_http_manager import StreamableHTTPASGIApp
+from mcp.server.transport_security import TransportSecuritySettings
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from lens.errors import LensError, NotFound
+from lens.serve.api import is_loopback
+from mimir import __version__
+from mimir.config import MimirSettings
+from mimir.serve import metrics
+from mimir.serve.mcp import build_mcp_server
+from mimir.service import Mimir
+
+log = logging.getLogger("mimir.api")
+ModeName = Literal["hybrid", "exact", "ranked", "semantic"]
+PUBLIC_PATHS = frozenset(
+    {"/health", "/ready", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+)
+MCP_PATH = "/mcp"
+
+
+class InsecureBind(LensError):
+    """Serving on a non-loopback address without tokens would expose every repository under the roots."""
+
+    code = "insecure_bind"
+    status = 500
+
+
+# -- request bodies ---------------------------------------------------------------------
+class IndexRequest(BaseModel):
+    path: str = Field(
+        ...,
+        min_length=1,
+        max_length=4096,
+        description="Repository on the server; must lie under MIMIR_ALLOWED_ROOTS",
+    )
+    rev: str = Field("HEAD", min_length=1, max_length=256, description="Git revision (branch, tag, commit)")
+    force: bool = Field(False, description="Rebuild even when a ready index for this commit exists")
+
+
+class SearchRequest(BaseModel):
+    index_id: str = Field(..., min_length=1, max_length=200)
+    query: str = Field(..., min_length=1, max_length=2000, description="Plain text; no query syntax")
+    k: int = Field(20, ge=1, le=200)
+    mode: ModeName = "hybrid"
+    context_lines: int = Field(5, ge=0, le=50)
+    token_budget: int | None = Field(None, ge=128, le=200_000)
+
+
+class AskRequest(BaseModel):
+    index_id: str = Field(..., min_length=1, max_length=200)
+    question: str = Field(..., min_length=1, max_length=4000)
+    max_hops: int = Field(3, ge=0, le=6)
+    token_budget: int | None = Field(None, ge=128, le=200_000)
+
+
+class VerifyRequest(BaseModel):
+    citation: str = Field(..., min_length=3, max_length=4200, description="path:Lstart-Lend@commit")
+    sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$")
+
+
+# -- helpers ----------------------------------------------------------------------------
+def _error(status: int, code: str, message: str, details: dict[str, Any] | None = None) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"code": code, "message": message, "details": details or {}}}, status_code=status
+    )
+
+
+def _token_hashes(tokens: list[str]) -> list[bytes]:
+    return [hashlib.sha256(t.encode()).digest() for t in tokens]
+
+
+def _authorized(headers: list[tuple[bytes, bytes]], token_hashes: list[bytes]) -> bool:
+    value = next((v for k, v in headers if k == b"authorization"), b"").decode("latin-1")
+    scheme, _, token = value.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return False
+    digest = hashlib.sha256(token.strip().encode()).digest()
+    found = False
+    for h in token_hashes:  # no early exit: timing says nothing about which token matched
+        found |= hmac.compare_digest(digest, h)
+    return found
+
+
+class GuardMiddleware:
+    """Bearer auth for everything but the public paths, plus request metrics (pure ASGI)."""
+
+    def __init__(self, app: ASGIApp, token_hashes: list[bytes]) -> None:
+        self.app = app
+        self.token_hashes = token_hashes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_and_watch(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        metrics.HTTP_IN_FLIGHT.inc()
+        try:
+            path: str = scope["path"]
+            if (
+                self.token_hashes
+                and path not in PUBLIC_PATHS
+                and not _authorized(scope["headers"], self.token_hashes)
+            ):
+                response = _error(401, "unauthorized", "missing or invalid bearer token")
+                response.headers["WWW-Authenticate"] = 'Bearer realm="mimir"'
+                await response(scope, receive, send_and_watch)
+                return
+            await self.app(scope, receive, send_and_watch)
+        finally:
+            metrics.HTTP_IN_FLIGHT.dec()
+            route = getattr(scope.get("route"), "path", None)
+            if route is None:
+                route = MCP_PATH if scope["path"].rstrip("/") == MCP_PATH else "unmatched"
+            method = scope.get("method", "")
+            metrics.HTTP_REQUESTS.labels(route=route, method=method, status=str(status)).inc()
+            metrics.HTTP_LATENCY.labels(route=route, method=method).observe(time.perf_counter() - started)
+
+
+def _transport_security(host: str) -> TransportSecuritySettings:
+    """DNS-rebinding protection on loopback; elsewhere bearer tokens are mandatory and protect /mcp."""
+    if is_loopback(host):
+        return TransportSecuritySettings(
+            enable_dns_rebinding_protection=True,
+            allowed_hosts=["127.0.0.1:*", "localhost:*", "[::1]:*", "127.0.0.1", "localhost", "[::1]"],
+            allowed_origins=["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"],
+        )
+    return TransportSecuritySettings(enable_dns_rebinding_protection=False)
+
+
+# -- the app ----------------------------------------------------------------------------
+def create_app(mimir: Mimir | None = None, settings: MimirSettings | None = None) -> FastAPI:
+    """Build the app; raises :class:`InsecureBind` for a non-loopback host without tokens."""
+    settings = settings or (mimir.settings if mimir is not None else MimirSettings())
+    tokens = settings.tokens()
+    if not tokens and not is_loopback(settings.host):
+        raise InsecureBind(
+            f"refusing to serve on {settings.host} without MIMIR_API_TOKENS: auth may be off only on "
+            "loopback (set MIMIR_API_TOKENS=<token>[,<token>...] or bind to 127.0.0.1)",
+            details={"host": settings.host},
+        )
+    owned = mimir is None
+    service = mimir if mimir is not None else Mimir(settings)
+    mcp_server = build_mcp_server(service)
+    # Builds the session manager; we mount its ASGI handler ourselves and run it in our lifespan.
+    mcp_server.streamable_http_app(
+        streamable_http_path=MCP_PATH,
+        stateless_http=True,
+        json_response=False,
+        transport_security=_transport_security(settings.host),
+        host=settings.host,
+    )
+    session_manager = mcp_server.session_manager
+    state: dict[str, bool] = {"mcp": False}
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        metrics.BUILD_INFO.info({"version": __version__})
+        async with session_manager.run():
+            state["mcp"] = True
+            try:
+                yield
+            finally:
+                state["mcp"] = False
+        if owned:
+            service.close()
+
+    app = FastAPI(
+        title="Mimir",
+        version=__version__,
+        lifespan=lifespan,
+        description="Code research over indexed git repositories: search, multi-hop questions, symbols, "
+        "citations. The same tools are available over MCP (Streamable HTTP) at /mcp.",
+    )
+    app.state.mimir = service
+    app.add_middleware(GuardMiddleware, token_hashes=_token_hashes(tokens))
+    # A plain Starlette route (not a Mount) so "/mcp" itself matches without a slash redirect.
+    app.router.routes.append(Route(MCP_PATH, StreamableHTTPASGIApp(session_manager), include_in_schema=False))
+
+    @app.exception_handler(LensError)
+    async def lens_error(_: Request, exc: LensError) -> JSONResponse:
+        return _error(exc.status, exc.code, exc.message, exc.details)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()]
+        first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
+        where = ".".join(str(p) for p in first["loc"])
+        return _error(400, "bad_request", f"{where}: {first['msg']}", {"errors": errors})
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return _error(exc.status_code, code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return _error(500, "internal", "internal error; see server log")
+
+    # -- indexing ---------------------------------------------------------------------
+    @app.post("/api/index/repository", status_code=202, tags=["indexing"])
+    def index_repository(req: IndexRequest) -> dict[str, Any]:
+        """Start (or reuse) the index of a repository at a revision; poll GET /api/jobs/{id}."""
+        out = service.ensure_repo_index(req.path, req.rev, req.force)
+        return {"job": out.get("run"), **{k: v for k, v in out.items() if k != "run"}}
+
+    @app.get("/api/jobs/{job_id}", tags=["indexing"])
+    def get_job(job_id: str) -> dict[str, Any]:
+        return {"job": service.job(job_id)}
+
+    @app.get("/api/indexes", tags=["indexing"])
+    def list_indexes() -> dict[str, Any]:
+        return {"indexes": service.list_indexes()}
+
+    @app.get("/api/indexes/{index_id}", tags=["indexing"])
+    def index_status(index_id: str) -> dict[str, Any]:
+        return service.index_status(index_id)
+
+    @app.post("/api/indexes/{index_id}/cancel", tags=["indexing"])
+    def cancel(index_id: str) -> dict[str, Any]:
+        return service.cancel(index_id)
+
+    @app.get("/api/indexes/{index_id}/manifest", tags=["indexing"])
+    def manifest(index_id: str) -> dict[str, Any]:
+        return service.manifest(index_id)
+
+    @app.get("/api/indexes/{index_id}/log", tags=["indexing"], response_class=PlainTextResponse)
+    def run_log(index_id: str) -> str:
+        return service.log(index_id)
+
+    @app.get("/api/indexes/{index_id}/bundle", tags=["indexing"], response_class=FileResponse)
+    def bundle(index_id: str) -> FileResponse:
+        """Download the index's portable bundle (tar + zstd)."""
+        info = service.get_repo_bundle(index_id)
+        path = Path(info["path"])
+        if not path.is_file():
+            raise NotFound(f"bundle of {index_id!r} is missing on disk", details={"path": str(path)})
+        return FileResponse(path, media_type="application/zstd", filename=f"{index_id}.tar.zst")
+
+    # -- research ---------------------------------------------------------------------
+    @app.post("/api/search", tags=["research"])
+    def search(req: SearchRequest) -> dict[str, Any]:
+        return service.search_repo(
+            req.index_id,
+            req.query,
+            k=req.k,
+            mode=req.mode,
+            context_lines=req.context_lines,
+            token_budget=req.token_budget,
+        )
+
+    @app.post("/api/ask", tags=["research"])
+    def ask(req: AskRequest) -> dict[str, Any]:
+        return service.ask_index(
+            req.index_id, req.question, max_hops=req.max_hops, token_budget=req.token_budget
+        )
+
+    @app.get("/api/indexes/{index_id}/symbols", tags=["research"])
+    def find_symbol(index_id: str, name: str = Query(..., min_length=1, max_length=200)) -> dict[str, Any]:
+        return service.find_symbol(index_id, name)
+
+    @app.get("/api/indexes/{index_id}/references", tags=["research"])
+    def find_references(
+        index_id: str, symbol: str = Query(..., min_length=1, max_length=200)
+    ) -> dict[str, Any]:
+        return service.find_references(index_id, symbol)
+
+    @app.get("/api/indexes/{index_id}/span", tags=["research"])
+    def read_span(
+        index_id: str,
+        path: str = Query(..., min_length=1),
+        start: int = Query(..., ge=1),
+        end: int = Query(..., ge=1),
+    ) -> dict[str, Any]:
+        return service.read_span(index_id, path, start, end)
+
+    @app.get("/api/indexes/{index_id}/repomap", tags=["research"])
+    def repo_map(index_id: str, token_budget: int = Query(2048, ge=64, le=65_536)) -> dict[str, Any]:
+        return service.repo_map(index_id, token_budget)
+
+    @app.post("/api/citations/verify", tags=["research"])
+    def verify_citation(req: VerifyRequest) -> dict[str, Any]:
+        return service.verify_citation(req.citation, req.sha256)
+
+    @app.get("/api/lens/status", tags=["ops"])
+    def lens_status() -> dict[str, Any]:
+        return service.lens_status()
+
+    # -- ops ----------------------------------------------------------------------------
+    @app.get("/health", tags=["ops"])
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/ready", tags=["ops"])
+    def ready() -> JSONResponse:
+        checks: dict[str, Any] = {}
+        ok = True
+        try:
+            checks["store"] = {"status": "ok", "indexes": len(service.store.list_indexes())}
+        except Exception as exc:  # any store failure means not ready, whatever its type
+            ok = False
+            checks["store"] = {"status": "down", "error": str(exc)}
+        lens = service.lens_status()
+        reachable = bool(lens.get("reachable"))
+        metrics.LENS_REACHABLE.set(1 if reachable else 0)
+        checks["lens"] = {
+            "status": "ok" if reachable else "down",
+            "mode": lens.get("mode"),
+            "breaker": lens.get("breaker"),
+            "latency_ms": lens.get("latency_ms"),
+            **({"error": lens.get("error")} if lens.get("error") else {}),
+        }
+        ok = ok and reachable
+        checks["mcp"] = {"status": "ok" if state["mcp"] else "down"}
+        ok = ok and state["mcp"]
+        return JSONResponse(
+            {"status": "ready" if ok else "not_ready", "checks": checks}, status_code=200 if ok else 503
+        )
+
+    @app.get("/metrics", tags=["ops"])
+    def prometheus_metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+__all__ = ["MCP_PATH", "PUBLIC_PATHS", "GuardMiddleware", "InsecureBind", "create_app"]
