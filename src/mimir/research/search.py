@@ -90,6 +90,8 @@ def _lens_signal(
         return []
     except LensRequestError as exc:
         if exc.code in ("bad_request", "bad_query"):
+            # e.g. semantic search switched off on that Lens: the answer lacks this signal, say so.
+            deg.add(mode, f"{mode}: {exc.message}")
             return []
         raise
     if mode == "semantic":

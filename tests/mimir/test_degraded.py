@@ -1,0 +1,138 @@
+"""Mimir with Lens over HTTP: normal answers, honest degraded answers when Lens dies, recovery after restart.
+
+Everything is real: a Lens server process on loopback, Mimir's HTTP client with its
+circuit breaker, a git repository made by the test.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from mimir.config import MimirSettings
+from mimir.service import Mimir
+
+FILES = {
+    "shop/cart.py": (
+        "from shop.pricing import apply_discount\n\n\n"
+        "def checkout_total(items):\n"
+        "    subtotal = sum(price for _, price in items)\n"
+        "    return apply_discount(subtotal)\n"
+    ),
+    "shop/pricing.py": (
+        "def apply_discount(amount):\n    if amount > 100:\n        return amount * 0.9\n    return amount\n"
+    ),
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _start_lens(data: Path, roots: Path, port: int) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "LENS_DATA_DIR": str(data), "LENS_ALLOWED_ROOTS": str(roots), "LENS_EMBED": "0"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lens.serve.cli", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=0.5).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("lens did not start")
+
+
+@pytest.fixture
+def lens_server(tmp_path: Path) -> Iterator[dict[str, object]]:
+    port = _free_port()
+    state: dict[str, object] = {"port": port, "data": tmp_path / "lens-data", "roots": tmp_path}
+    state["proc"] = _start_lens(tmp_path / "lens-data", tmp_path, port)
+    try:
+        yield state
+    finally:
+        proc = state["proc"]
+        assert isinstance(proc, subprocess.Popen)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def test_lens_outage_is_degraded_then_recovers(
+    tmp_path: Path, make_repo: object, lens_server: dict[str, object]
+) -> None:
+    repo = make_repo(FILES, name="shop-repo")  # type: ignore[operator]
+    port = lens_server["port"]
+    settings = MimirSettings(
+        data_dir=tmp_path / "mimir-data", allowed_roots=str(tmp_path), lens_url=f"http://127.0.0.1:{port}"
+    )
+    mimir = Mimir(settings)
+    try:
+        out = mimir.ensure_repo_index(str(repo))
+        run = mimir.manager.wait(out["run"]["run_id"], timeout=120)
+        assert run.state == "succeeded", run.error
+        index_id = out["index_id"]
+
+        normal = mimir.search_repo(index_id, "apply_discount", k=5, mode="hybrid")
+        assert normal["results"]
+        assert "lens" not in normal["missing"]
+        assert {"exact", "bm25"} <= {s for r in normal["results"] for s in r["signals"]}
+        assert mimir.lens.status()["breaker"] == "closed"
+
+        proc = lens_server["proc"]
+        assert isinstance(proc, subprocess.Popen)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+        started = time.monotonic()
+        degraded = mimir.search_repo(index_id, "apply_discount", k=5, mode="hybrid")
+        elapsed = time.monotonic() - started
+        assert elapsed < 1.0, elapsed
+        assert degraded["degraded"] is True
+        assert "lens" in degraded["missing"]
+        # Answered from what Mimir holds: the symbol graph and stored snippets, with citations.
+        top = degraded["results"][0]
+        assert top["path"] == "shop/pricing.py" and top["source"] == "snippet"
+        assert top["citation"].startswith("shop/pricing.py:L1-L4@")
+        assert top["signals"].keys() <= {"symbol", "graph"}
+        ask = mimir.ask_index(index_id, "how is the checkout total discounted?")
+        assert ask["degraded"] is True and "lens" in ask["missing"]
+
+        # A query with no symbol to fall back on is empty, and says why instead of claiming success.
+        empty = mimir.search_repo(index_id, "zzqx nothing matches", k=5)
+        assert empty["results"] == [] and empty["degraded"] is True and "message" in empty
+
+        lens_server["proc"] = _start_lens(
+            lens_server["data"],
+            lens_server["roots"],
+            port,  # type: ignore[arg-type]
+        )
+        deadline = time.monotonic() + 20
+        recovered = None
+        while time.monotonic() < deadline:
+            recovered = mimir.search_repo(index_id, "apply_discount", k=5, mode="hybrid")
+            if "lens" not in recovered["missing"]:
+                break
+            time.sleep(0.5)
+        assert recovered is not None and "lens" not in recovered["missing"], recovered
+        assert recovered["results"][0]["source"] == "lens"
+        assert mimir.lens.status()["breaker"] == "closed"
+    finally:
+        mimir.close()
