@@ -107,7 +107,15 @@ def test_single_str_is_rejected(minilm: MiniLMEmbedder) -> None:
         HashEmbedder().embed("a single string")
 
 
-def test_ten_thousand_tokens_truncated_at_256(minilm: MiniLMEmbedder) -> None:
+def test_default_truncates_at_128(minilm: MiniLMEmbedder) -> None:
+    base = " ".join(["alpha"] * 200)
+    np.testing.assert_allclose(minilm.embed([base])[0], minilm.embed([base + " zebra giraffe"])[0], atol=1e-6)
+    short = " ".join(["alpha"] * 100)
+    assert cos(minilm.embed([short])[0], minilm.embed([short + " zebra giraffe"])[0]) < 0.9999
+
+
+def test_ten_thousand_tokens_truncated_at_256() -> None:
+    minilm = MiniLMEmbedder(max_tokens=256)
     words = [f"word{i % 97}" for i in range(10_000)]
     huge = " ".join(words)
     assert minilm.embed([huge]).shape == (1, 384)

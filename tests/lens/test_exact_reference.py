@@ -177,3 +177,32 @@ def test_pages_are_a_partition(tmp_path: Path) -> None:
             break
     assert len(seen) == len(set(seen)) == 210
     assert seen == [(h.path, h.line_number) for h in everything.results]
+
+
+def test_pages_partition_a_truncated_result_with_mixed_categories(tmp_path: Path) -> None:
+    """Pages computed from growing windows must neither repeat nor skip lines (regression)."""
+    src = tmp_path / "tree"
+    (src / "tests").mkdir(parents=True)
+    for i in range(40):
+        word = "foo bar" if i % 3 == 0 else "foo_bar"  # whole-word and partial matches interleaved
+        folder = src / "tests" if i % 5 == 0 else src
+        (folder / f"m{i:02}.py").write_text("".join(f"x = '{word}' # {j}\n" for j in range(9)))
+    (src / "defs.py").write_text("def foo():\n    return 1\n")
+    catalog = Catalog(tmp_path / "data")
+    index_repository(catalog, "r", src)
+    searcher = Searcher(catalog)
+    expected = 40 * 9 + 1
+    seen: list[tuple[str, int]] = []
+    cursor = None
+    first = True
+    while True:
+        page = searcher.search("foo", limit=7, cursor=cursor)
+        if first:
+            assert page.truncated and page.total_is_estimate
+            assert page.results[0].path == "defs.py" and "symbol" in page.results[0].why
+            first = False
+        seen.extend((h.path, h.line_number) for h in page.results)
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    assert len(seen) == len(set(seen)) == expected

@@ -409,9 +409,28 @@ def estimate_candidates(snap: Snapshot, plan: ExactPlan) -> int:
     return int(row[0])
 
 
-def finish(state: ExactState, offset: int, limit: int) -> tuple[list[Hit], bool]:
-    """Sort the collected window; return the page and whether more results may exist."""
-    ordered = sorted(state.lines)
+def finish(state: ExactState, offset: int, limit: int, ordering: str) -> tuple[list[Hit], bool]:
+    """Order the collected window; return the page and whether more results may exist.
+
+    ``global``: every candidate was read, so all hits sort by category, class, repo, path, line.
+    ``stream``: collection stopped early; hits keep reading order (symbol-defining files first,
+    then rank order) and sort by category only within a file. A larger window then extends a
+    smaller one instead of reshuffling it, which keeps offset cursors exact: no line is repeated
+    or skipped across pages.
+    """
+    if ordering == "global":
+        ordered = sorted(state.lines)
+    else:
+        ordered = []
+        i = 0
+        lines = state.lines
+        while i < len(lines):
+            j = i
+            key = lines[i].sort_key[2:4]
+            while j < len(lines) and lines[j].sort_key[2:4] == key:
+                j += 1
+            ordered.extend(sorted(lines[i:j]))
+            i = j
     page = [ln.hit for ln in ordered[offset : offset + limit]]
     more = len(ordered) > offset + limit or not state.exhausted
     return page, more

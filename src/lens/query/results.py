@@ -64,22 +64,25 @@ def query_fingerprint(query: str, mode: str, repos: list[str] | None) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
-def encode_cursor(offset: int, fingerprint: str) -> str:
-    raw = json.dumps({"o": offset, "q": fingerprint}).encode()
+def encode_cursor(offset: int, fingerprint: str, ordering: str = "global") -> str:
+    raw = json.dumps({"o": offset, "q": fingerprint, "m": ordering}).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str, fingerprint: str) -> int:
-    """The offset a cursor stands for; a cursor from another query is an error, not page 1."""
+def decode_cursor(cursor: str, fingerprint: str) -> tuple[int, str]:
+    """(offset, ordering) a cursor stands for; a cursor from another query is an error, not page 1."""
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         data = json.loads(base64.urlsafe_b64decode(padded.encode()))
         offset = int(data["o"])
         fp = str(data["q"])
+        ordering = str(data.get("m", "global"))
+        if ordering not in ("global", "stream"):
+            raise ValueError(ordering)
     except Exception:
         raise BadRequest("invalid cursor", details={"cursor": cursor[:100]}) from None
     if fp != fingerprint:
         raise BadRequest("cursor belongs to a different query", details={"cursor": cursor[:100]})
     if offset < 0:
         raise BadRequest("invalid cursor", details={"cursor": cursor[:100]})
-    return offset
+    return offset, ordering

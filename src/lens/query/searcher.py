@@ -94,24 +94,30 @@ class Searcher:
             )
         query = parse_query(text, max_length=self.max_query_length)
         fingerprint = query_fingerprint(text, mode, repos)
-        offset = decode_cursor(cursor, fingerprint) if cursor else 0
+        offset, ordering = decode_cursor(cursor, fingerprint) if cursor else (0, None)
         plan = ExactPlan(query, context)
         views = self._views(query, repos)
         deadline = Deadline(timeout_ms)
         typed_mode: Mode = mode
         if typed_mode == "exact":
-            result = self._exact(plan, views, offset, limit, deadline)
+            result = self._exact(plan, views, offset, limit, deadline, ordering)
         else:
             result = self._scored(typed_mode, plan, views, offset, limit, deadline)
         result.query = text
         result.mode = typed_mode
-        if result.next_cursor == "":
-            result.next_cursor = encode_cursor(offset + limit, fingerprint)
+        if result.next_cursor is not None and result.next_cursor in ("", "global", "stream"):
+            result.next_cursor = encode_cursor(offset + limit, fingerprint, result.next_cursor or "global")
         result.took_ms = round((time.perf_counter() - started) * 1000, 3)
         return result
 
     def _exact(
-        self, plan: ExactPlan, views: list[ShardView], offset: int, limit: int, deadline: Deadline
+        self,
+        plan: ExactPlan,
+        views: list[ShardView],
+        offset: int,
+        limit: int,
+        deadline: Deadline,
+        ordering: str | None,
     ) -> SearchResult:
         state = ExactState(want=offset + limit + 1)
         candidates = 0
@@ -124,7 +130,9 @@ class Searcher:
                     candidates += estimate_candidates(snap, plan)
                 elif not state.exhausted:
                     scanned_candidates_known = False
-        page, more = finish(state, offset, limit)
+        # The first page picks the ordering; later pages keep it (see exact.finish).
+        chosen = ordering or ("global" if state.exhausted else "stream")
+        page, more = finish(state, offset, limit, chosen)
         exact_total = state.exhausted and not state.timed_out
         if exact_total:
             total = len(state.lines)
@@ -141,9 +149,9 @@ class Searcher:
             total_is_estimate=not exact_total,
             truncated=more,
             timed_out=state.timed_out,
-            next_cursor="" if more else None,
+            next_cursor=chosen if more else None,
             took_ms=0.0,
-            stats={"files_scanned": state.files_scanned, "shards": len(views)},
+            stats={"files_scanned": state.files_scanned, "shards": len(views), "ordering": chosen},
         )
 
     def _scored(
