@@ -34,11 +34,39 @@ def fts_or(tokens: list[str]) -> str:
     return " OR ".join('"' + t.replace('"', '""') + '"' for t in tokens)
 
 
+# BM25 scores every chunk matching any query token, so very common tokens ("file", "read") make
+# a query slow while adding little (their IDF is low). Tokens are kept rarest first until their
+# document counts add up to this budget; at least one token is always kept.
+_DOC_BUDGET = 8000
+
+
+def prune_tokens(snap: Snapshot, tokens: list[str]) -> list[str]:
+    """The query tokens worth scoring, rarest first; tokens absent from the shard are dropped."""
+    snap.conn.execute(
+        "CREATE VIRTUAL TABLE IF NOT EXISTS temp.chunks_vocab USING fts5vocab(main, 'chunks_fts', 'row')"
+    )
+    dfs = []
+    for t in tokens:
+        row = snap.conn.execute("SELECT doc FROM temp.chunks_vocab WHERE term = ?", (t,)).fetchone()
+        if row is not None:
+            dfs.append((int(row[0]), t))
+    dfs.sort()
+    kept: list[str] = []
+    total = 0
+    for df, t in dfs:
+        if kept and total + df > _DOC_BUDGET:
+            break
+        kept.append(t)
+        total += df
+    return kept
+
+
 def search_ranked(snap: Snapshot, plan: ExactPlan, tokens: list[str], want: int) -> list[Hit]:
     """Top ``want`` chunks of one shard by BM25, after path/lang filters."""
-    if not tokens:
+    scored = prune_tokens(snap, tokens)
+    if not scored:
         return []
-    match = fts_or(tokens)
+    match = fts_or(scored)
     hits: list[Hit] = []
     fetch = max(want * 2, 50)
     seen = 0
@@ -89,7 +117,9 @@ def chunk_hit(
 ) -> Hit:
     """A hit for a chunk span, shown at its most telling line."""
     info = snap.files[file_id]
-    lines = snap.content(file_id).decode("utf-8", "replace").split("\n")
+    first = max(0, start - 1 - context)
+    raw = snap.content(file_id).split(b"\n", end + context)[first : end + context]
+    lines = [""] * first + [r.decode("utf-8", "replace") for r in raw]
     span = lines[start - 1 : end]
     best = 0
     lowered = [ln.lower() for ln in span]

@@ -9,7 +9,8 @@ call/inherit/reference edge records which rule found it (:data:`~mimir.analyze.m
    through aliases, module bindings (``pkg.f()`` after ``import pkg``) and re-exports
    (``__init__.py``, ``index.ts``, up to three hops); Go and Java package-mates count as imported;
 3. ``unique_name``: the only definition with that name anywhere in the repository;
-4. ``ambiguous``: several name-only matches, kept as up to five edges (closest directories first).
+4. ``ambiguous``: several name-only matches, kept as up to five edges (closest directories first);
+   a name with more than 20 definitions gets no name-only edges at all, it is too generic.
 
 Names bound to external imports (``from os.path import join``) are never guessed, and bare names
 never resolve to methods (except in Java, where ``foo()`` means ``this.foo()``).  Identifier and
@@ -19,6 +20,7 @@ type uses become ``references`` edges only when resolved unambiguously.
 from __future__ import annotations
 
 import heapq
+import operator
 import posixpath
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -44,6 +46,7 @@ from mimir.analyze.model import (
 CALLABLE_KINDS = frozenset({"function", "method", "class", "struct"})
 SELF_RECEIVERS = frozenset({"self", "this", "cls", "Self", "super"})
 MAX_AMBIGUOUS = 5
+MAX_NAME_ONLY = 20  # a name defined more often than this is too generic to guess from the name alone
 MAX_REEXPORT_HOPS = 3
 MAX_SIGNATURE = 200
 _PATH_SPLIT = re.compile(r"\.|::")
@@ -264,7 +267,7 @@ class _Builder:
             MAX_AMBIGUOUS,
             cands,
             key=lambda c: (-_common_prefix_depth(self.dir_of[self.nodes[c].path], here), c),
-        )
+        )  # closest directories first
         return [(c, "ambiguous") for c in best]
 
     def _tiers(
@@ -302,6 +305,8 @@ class _Builder:
             if len(cands) > MAX_AMBIGUOUS:
                 return []
             return [(c, "ambiguous") for c, _ in self._pick(cands, path, class_name, "unique_name")]
+        if len(cands) > MAX_NAME_ONLY:
+            return []
         return self._pick(cands, path, class_name, "unique_name")
 
     def _located(self, ids: list[str], path: str, via_import: bool = False) -> list[tuple[str, Resolution]]:
@@ -466,17 +471,19 @@ class _Builder:
                         self._edge(src, "references", dst, how, ref.line)
 
     def graph(self, imports: ImportResult, refs: Sequence[Reference]) -> SymbolGraph:
+        """Materialize adjacency lists (sorted by target, sources by id) and the reference index."""
         adjacency: dict[str, dict[str, list[Edge]]] = {kind: {} for kind in EDGE_KINDS}
-        for (src, kind, dst), (rank, line, count) in sorted(self.edges.items()):
+        for (src, kind, dst), (rank, line, count) in self.edges.items():
             resolution = RESOLUTION_ORDER[rank] if rank >= 0 else None
             adjacency[kind].setdefault(src, []).append(Edge(kind, dst, resolution, line, count))
             reverse = EDGE_KINDS[kind]
             adjacency[reverse].setdefault(dst, []).append(Edge(reverse, src, resolution, line, count))
+        by_target = operator.attrgetter("target")
         for by_src in adjacency.values():
             for edges in by_src.values():
-                edges.sort(key=lambda e: e.target)
+                edges.sort(key=by_target)
         by_name: dict[str, list[Reference]] = {}
-        for ref in sorted(refs, key=lambda r: (r.path, r.line, r.col, r.kind)):
+        for ref in sorted(refs, key=operator.attrgetter("path", "line", "col", "kind")):
             by_name.setdefault(ref.name, []).append(ref)
         return SymbolGraph(
             nodes=self.nodes,

@@ -156,6 +156,13 @@ class IndexManager:
         run = self.store.get_run(rec.latest_run)
         if run.state not in _ACTIVE:
             return run
+        # Record the outcome first, so the reaper thread never mistakes the kill for a crash.
+        self.store.update_run(
+            run.run_id,
+            state="cancelled",
+            finished_at=time.time(),
+            error={"code": "cancelled", "message": "cancelled by request"},
+        )
         proc = self._procs.get(run.run_id)
         pid = proc.pid if proc is not None else run.pid
         if pid:
@@ -167,11 +174,9 @@ class IndexManager:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(2.0)
         shutil.rmtree(self.settings.data_dir / "indexes" / f".tmp-{run.run_id}", ignore_errors=True)
+        # Again after the kill: the worker may have written "running" between our first write and it.
         self.store.update_run(
-            run.run_id,
-            state="cancelled",
-            finished_at=time.time(),
-            error={"code": "cancelled", "message": "cancelled by request"},
+            run.run_id, state="cancelled", error={"code": "cancelled", "message": "cancelled by request"}
         )
         still_ready = (index_dir(self.settings, index_id) / "manifest.json").exists()
         self.store.set_index_status(index_id, "ready" if still_ready else "cancelled")
