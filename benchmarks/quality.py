@@ -189,50 +189,90 @@ def rank_of(results: list[dict[str, object]], t: Target) -> int | None:
     return None
 
 
-def evaluate(name: str, src: Path, args: argparse.Namespace) -> dict[str, object]:
+def score_mode(mimir: object, index_id: str, targets: list[Target], mode: str) -> dict[str, float]:
+    ranks: list[int | None] = []
+    lat: list[float] = []
+    for t in targets:
+        s = time.perf_counter()
+        res = mimir.search_repo(index_id, t.query, k=10, mode=mode, context_lines=0)  # type: ignore[attr-defined]
+        lat.append(time.perf_counter() - s)
+        ranks.append(rank_of(res["results"], t))
+    n = len(ranks)
+    return {
+        "recall@1": sum(1 for r in ranks if r == 1) / n,
+        "recall@10": sum(1 for r in ranks if r is not None) / n,
+        "mrr": sum(1 / r for r in ranks if r) / n,
+        "ndcg@10": sum(1 / math.log2(r + 1) for r in ranks if r) / n,
+        "p50_ms": statistics.median(lat) * 1000,
+    }
+
+
+def tune(mimir: object, index_id: str, targets: list[Target]) -> dict[str, float]:
+    """Grid search over fusion weights on this corpus's queries; applies and returns the best."""
+    from mimir.research import search
+
+    best: tuple[float, dict[str, float]] = (-1.0, dict(search.WEIGHTS))
+    for exact in (0.0, 0.3, 0.6):
+        for semantic in (1.0, 1.5, 2.0, 3.0):
+            for symbol in (0.3, 0.6, 1.0):
+                for graph in (0.0, 0.3):
+                    weights = {
+                        "exact": exact,
+                        "bm25": 1.0,
+                        "semantic": semantic,
+                        "symbol": symbol,
+                        "graph": graph,
+                    }
+                    search.WEIGHTS.update(weights)
+                    ndcg = score_mode(mimir, index_id, targets, "hybrid")["ndcg@10"]
+                    if ndcg > best[0]:
+                        best = (ndcg, dict(weights))
+    search.WEIGHTS.update(best[1])
+    print(f"tuned on this corpus: nDCG@10 {best[0]:.3f} with weights {best[1]}", flush=True)
+    return best[1]
+
+
+def evaluate(name: str, src: Path, args: argparse.Namespace, do_tune: bool) -> dict[str, object]:
     from mimir.config import MimirSettings
+    from mimir.research import search
     from mimir.service import Mimir
 
     rng = random.Random(args.seed)
-    work = Path(tempfile.mkdtemp(prefix=f"quality-{name}-"))
+    work = args.work_dir / name if args.work_dir else Path(tempfile.mkdtemp(prefix=f"quality-{name}-"))
     try:
         tree = work / name
-        targets = build_copy(name, src, tree, args.max_files, args.queries, rng)
+        targets_file = work / "targets.json"
+        if targets_file.exists():
+            targets = [Target(**t) for t in json.loads(targets_file.read_text())]
+        else:
+            work.mkdir(parents=True, exist_ok=True)
+            targets = build_copy(name, src, tree, args.max_files, args.queries, rng)
+            targets_file.write_text(json.dumps([t.__dict__ for t in targets]))
         settings = MimirSettings(data_dir=work / "data", allowed_roots=str(work))
         mimir = Mimir(settings)
         t0 = time.perf_counter()
         out = mimir.ensure_repo_index(str(tree))
-        run = mimir.manager.wait(out["run"]["run_id"])
-        if run.state != "succeeded":
-            raise RuntimeError(f"indexing {name} failed: {run.error}")
+        run = out["run"]
+        if run is not None and run["state"] != "succeeded":
+            done = mimir.manager.wait(run["run_id"])
+            if done.state != "succeeded":
+                raise RuntimeError(f"indexing {name} failed: {done.error}")
         index_seconds = time.perf_counter() - t0
-        stats: dict[str, dict[str, float]] = {}
-        for mode in MODES:
-            ranks: list[int | None] = []
-            lat: list[float] = []
-            for t in targets:
-                s = time.perf_counter()
-                res = mimir.search_repo(out["index_id"], t.query, k=10, mode=mode, context_lines=0)
-                lat.append(time.perf_counter() - s)
-                ranks.append(rank_of(res["results"], t))
-            n = len(ranks)
-            stats[mode] = {
-                "recall@1": sum(1 for r in ranks if r == 1) / n,
-                "recall@10": sum(1 for r in ranks if r is not None) / n,
-                "mrr": sum(1 / r for r in ranks if r) / n,
-                "ndcg@10": sum(1 / math.log2(r + 1) for r in ranks if r) / n,
-                "p50_ms": statistics.median(lat) * 1000,
-            }
+        tuned = tune(mimir, out["index_id"], targets) if do_tune else None
+        stats = {mode: score_mode(mimir, out["index_id"], targets, mode) for mode in MODES}
         mimir.close()
         return {
             "corpus": name,
             "queries": len(targets),
-            "files": run.stages and len(list(tree.rglob("*.*"))),
+            "files": len(list(tree.rglob("*.*"))),
             "index_seconds": round(index_seconds, 1),
             "modes": stats,
+            "tuned_weights": tuned,
+            "weights": dict(search.WEIGHTS),
         }
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if not args.work_dir:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def main() -> None:
@@ -244,6 +284,10 @@ def main() -> None:
     )
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--json", type=Path)
+    ap.add_argument(
+        "--work-dir", type=Path, help="keep corpora copies and indexes here (reused when present)"
+    )
+    ap.add_argument("--tune", action="store_true", help="grid-search fusion weights on the FIRST corpus only")
     args = ap.parse_args()
     corpora = args.corpus or ["django", "sympy", "go-std"]
     print(
@@ -251,8 +295,8 @@ def main() -> None:
         f"{time.strftime('%Y-%m-%d %H:%M')}\n# command: {' '.join(sys.argv)}"
     )
     rows = []
-    for name in corpora:
-        res = evaluate(name, fetch(name), args)
+    for i, name in enumerate(corpora):
+        res = evaluate(name, fetch(name), args, do_tune=args.tune and i == 0)
         rows.append(res)
         print(
             f"\n{name}: {res['queries']} queries, {res['files']} files, indexed in {res['index_seconds']} s"
