@@ -201,6 +201,9 @@ GO_PROJECT = {
         package store
 
         func helper() string { return "" }
+
+        // Size is declared apart from its receiver type, as Go allows within a package.
+        func (s *Store) Size() int { return len(s.items) }
         """,
     "internal/store/store_test.go": """
         package store
@@ -255,7 +258,9 @@ def test_go_calls_embedding_and_methods(go_analysis: Analysis) -> None:
     assert resolution(g, "calls", test, node_id(g, "internal/store/store.go", "New")) == "import"
     store = node_id(g, "internal/store/store.go", "Store")
     assert resolution(g, "inherits", store, node_id(g, "internal/store/store.go", "Base")) == "local"
-    assert get in {e.target for e in g.edges("contains", store)}  # receiver methods belong to their type
+    # receiver methods belong to their type, even when declared in another file of the package
+    size = node_id(g, "internal/store/helpers.go", "Store.Size")
+    assert {get, size} <= {e.target for e in g.edges("contains", store)}
     assert next(iter(go_analysis.ranks.files)) == "pkg/util/util.go"
 
 

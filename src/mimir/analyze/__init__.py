@@ -8,6 +8,7 @@ each file once and sharing the tree between passes.
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Mapping, Sequence
 
@@ -67,8 +68,21 @@ def analyze_repository(
     Files whose language has no grammar are listed in ``Analysis.skipped`` (``go.mod`` files still
     inform Go import resolution).  ``personalization`` biases the file PageRank (see
     :func:`~mimir.analyze.rank.rank_files`).  Each file is parsed once; its tree is dropped before
-    the next file so memory stays proportional to the source, not to the syntax trees.
+    the next file so memory stays proportional to the source, not to the syntax trees.  Python's
+    cyclic garbage collector is paused for the duration (process-wide) and restored afterwards.
     """
+    # The passes allocate millions of small acyclic objects; the cyclic collector would re-walk all
+    # of them over and over (about 20% of the run time on large repositories), so it is paused.
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _analyze(files, personalization)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
+def _analyze(files: Sequence[SourceFile], personalization: Mapping[str, float] | None) -> Analysis:
     clock = _Clock()
     definitions: dict[str, list[Symbol]] = {}
     extracted: dict[str, FileImports] = {}

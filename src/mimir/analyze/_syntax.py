@@ -51,6 +51,16 @@ def text(content: bytes, node: ts.Node | None) -> str:
     return content[node.start_byte : node.end_byte].decode("utf-8", "replace")
 
 
+def common_prefix_depth(a: str, b: str) -> int:
+    """How many leading directories two directory paths share (ranks candidates by closeness)."""
+    n = 0
+    for x, y in zip(a.split("/"), b.split("/"), strict=False):
+        if x != y or not x:
+            break
+        n += 1
+    return n
+
+
 def qualified_name(symbol: Symbol) -> str:
     """``container.name`` (or just ``name``), the spelling used in ids and ``Reference.enclosing``."""
     return f"{symbol.container}.{symbol.name}" if symbol.container else symbol.name

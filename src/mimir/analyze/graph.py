@@ -28,8 +28,14 @@ from dataclasses import dataclass, field
 
 from lens.parse.model import Symbol
 from mimir.analyze import _syntax
-from mimir.analyze._syntax import TYPE_KINDS, Scopes, build_scopes, qualified_name, symbol_id
-from mimir.analyze.imports import _common_prefix_depth
+from mimir.analyze._syntax import (
+    TYPE_KINDS,
+    Scopes,
+    build_scopes,
+    common_prefix_depth,
+    qualified_name,
+    symbol_id,
+)
 from mimir.analyze.model import (
     EDGE_KINDS,
     FILE_KIND,
@@ -114,6 +120,7 @@ class _Builder:
             if lang is None:
                 continue
             self._add_file(path, lang, source.text if source else "", definitions_by_path.get(path, ()))
+        self._add_contains()
         self._add_imports(imports)
 
     # -- nodes and static edges ------------------------------------------------------------------
@@ -151,8 +158,13 @@ class _Builder:
             if sym.kind in TYPE_KINDS:
                 self.types_in_dir.setdefault((directory, sym.name), []).append(sid)
         self.ids[path] = ids
-        for i, sym in enumerate(symbols):
-            self._edge(self._container_of(path, scopes, i), "contains", ids[i], None, sym.line)
+
+    def _add_contains(self) -> None:
+        """Contains edges, once every file's types are known (a Go method may precede its type)."""
+        for path, scopes in self.scopes.items():
+            ids = self.ids[path]
+            for i, sym in enumerate(scopes.symbols):
+                self._edge(self._container_of(path, scopes, i), "contains", ids[i], None, sym.line)
 
     def _container_of(self, path: str, scopes: Scopes, index: int) -> str:
         """Id of the node containing definition ``index``: its span parent, else its named type."""
@@ -181,8 +193,9 @@ class _Builder:
             scope.imported.add(e.dst_path)
             if e.binding:
                 scope.modules.setdefault(e.binding, []).append(e.dst_path)
-            for local, original in e.bound_names().items():
-                scope.names.setdefault(local, []).append((e.dst_path, original))
+            if e.names:
+                for local, original in e.bound_names().items():
+                    scope.names.setdefault(local, []).append((e.dst_path, original))
             if "*" in e.names:
                 scope.star.append(e.dst_path)
         for u in imports.unresolved:
@@ -266,7 +279,7 @@ class _Builder:
         best = heapq.nsmallest(
             MAX_AMBIGUOUS,
             cands,
-            key=lambda c: (-_common_prefix_depth(self.dir_of[self.nodes[c].path], here), c),
+            key=lambda c: (-common_prefix_depth(self.dir_of[self.nodes[c].path], here), c),
         )  # closest directories first
         return [(c, "ambiguous") for c in best]
 

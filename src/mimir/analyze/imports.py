@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import tree_sitter as ts
 
 from mimir.analyze import _syntax
-from mimir.analyze._syntax import text
+from mimir.analyze._syntax import common_prefix_depth, text
 from mimir.analyze.model import (
     FileImports,
     ImportEdge,
@@ -302,20 +302,10 @@ def _java(path: str, content: bytes, caps: dict[str, list[ts.Node]]) -> Iterator
 # -- resolution -----------------------------------------------------------------------------------
 
 
-def _common_prefix_depth(a: str, b: str) -> int:
-    """How many leading directories two directory paths share (ranks candidates by closeness)."""
-    n = 0
-    for x, y in zip(a.split("/"), b.split("/"), strict=False):
-        if x != y or not x:
-            break
-        n += 1
-    return n
-
-
 def _closest(candidates: Sequence[str], importer: str) -> str:
     """The candidate nearest the importer in the directory tree, then the shallowest, then by name."""
     here = posixpath.dirname(importer)
-    return min(candidates, key=lambda p: (-_common_prefix_depth(posixpath.dirname(p), here), p.count("/"), p))
+    return min(candidates, key=lambda p: (-common_prefix_depth(posixpath.dirname(p), here), p.count("/"), p))
 
 
 @dataclass
