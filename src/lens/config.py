@@ -14,6 +14,19 @@ def _default_data_dir() -> Path:
     return Path(base) / "mimir-lens" / "lens"
 
 
+def split_tokens(raw: str) -> list[str]:
+    """Comma-separated secrets, blanks dropped."""
+    return [t.strip() for t in raw.split(",") if t.strip()]
+
+
+def parse_roots(raw: str) -> list[Path]:
+    """os.pathsep- or comma-separated directories, resolved; empty means the working directory."""
+    parts = [p for p in raw.replace(",", os.pathsep).split(os.pathsep) if p.strip()]
+    if not parts:
+        return [Path.cwd().resolve()]
+    return [Path(p).expanduser().resolve() for p in parts]
+
+
 class LensSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LENS_", extra="ignore")
 
@@ -36,11 +49,7 @@ class LensSettings(BaseSettings):
         return v.expanduser()
 
     def tokens(self) -> list[str]:
-        return [t.strip() for t in self.api_tokens.split(",") if t.strip()]
+        return split_tokens(self.api_tokens)
 
     def roots(self) -> list[Path]:
-        raw = self.allowed_roots.replace(",", os.pathsep)
-        parts = [p for p in raw.split(os.pathsep) if p.strip()]
-        if not parts:
-            return [Path.cwd().resolve()]
-        return [Path(p).expanduser().resolve() for p in parts]
+        return parse_roots(self.allowed_roots)

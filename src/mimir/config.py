@@ -8,6 +8,8 @@ from pathlib import Path
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from lens.config import parse_roots, split_tokens
+
 
 def _default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
@@ -39,11 +41,7 @@ class MimirSettings(BaseSettings):
     max_bundle_bytes: int = 8 << 30
 
     def tokens(self) -> list[str]:
-        return [t.strip() for t in self.api_tokens.split(",") if t.strip()]
+        return split_tokens(self.api_tokens)
 
     def roots(self) -> list[Path]:
-        raw = self.allowed_roots.replace(",", os.pathsep)
-        parts = [p for p in raw.split(os.pathsep) if p.strip()]
-        if not parts:
-            return [Path.cwd().resolve()]
-        return [Path(p).expanduser().resolve() for p in parts]
+        return parse_roots(self.allowed_roots)

@@ -6,9 +6,6 @@ status the error type names; a bad query is a 400 naming the position, never a 5
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import ipaddress
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -17,17 +14,22 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fastapi import FastAPI, Query, Request, Response
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lens import __version__
 from lens.config import LensSettings
 from lens.engine import Lens
 from lens.errors import BadRequest, LensError, Unauthorized
 from lens.serve import metrics
+from lens.serve.http_common import (
+    bearer_ok,
+    error_response,
+    install_error_handlers,
+    is_loopback,
+    token_hashes,
+)
 from lens.serve.jobs import JobRunner
 
 log = logging.getLogger("lens.api")
@@ -56,21 +58,6 @@ class IndexRequest(BaseModel):
     seed: str | None = Field(None, description="Indexed repository to start from when `name` is new")
 
 
-def is_loopback(host: str) -> bool:
-    if host in ("localhost", ""):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _error(status: int, code: str, message: str, details: dict[str, Any] | None = None) -> JSONResponse:
-    return JSONResponse(
-        {"error": {"code": code, "message": message, "details": details or {}}}, status_code=status
-    )
-
-
 def create_app(lens: Lens | None = None, settings: LensSettings | None = None) -> FastAPI:
     settings = settings or (lens.settings if lens else LensSettings())
     engine = lens or Lens(settings)
@@ -79,7 +66,7 @@ def create_app(lens: Lens | None = None, settings: LensSettings | None = None) -
         raise LensError(
             f"refusing to serve on {settings.host} without LENS_API_TOKENS: auth may be off only on loopback"
         )
-    token_hashes = [hashlib.sha256(t.encode()).digest() for t in tokens]
+    hashes = token_hashes(tokens)
     runner_box: dict[str, JobRunner] = {}
 
     @asynccontextmanager
@@ -110,15 +97,11 @@ def create_app(lens: Lens | None = None, settings: LensSettings | None = None) -
         try:
             length = request.headers.get("content-length")
             if length and length.isdigit() and int(length) > settings.max_request_bytes:
-                response: Response = _error(
+                response: Response = error_response(
                     413, "too_large", f"request body over {settings.max_request_bytes} bytes"
                 )
-            elif (
-                token_hashes
-                and request.url.path not in _PUBLIC_PATHS
-                and not _authorized(request, token_hashes)
-            ):
-                response = _error(401, "unauthorized", "missing or invalid bearer token")
+            elif hashes and request.url.path not in _PUBLIC_PATHS and not _authorized(request, hashes):
+                response = error_response(401, "unauthorized", "missing or invalid bearer token")
                 response.headers["WWW-Authenticate"] = 'Bearer realm="lens"'
             else:
                 response = await call_next(request)
@@ -133,28 +116,11 @@ def create_app(lens: Lens | None = None, settings: LensSettings | None = None) -
                 time.perf_counter() - started
             )
 
-    @app.exception_handler(LensError)
-    async def lens_error(_: Request, exc: LensError) -> JSONResponse:
+    def count_bad_query(exc: LensError) -> None:
         if exc.status == 400:
             metrics.SEARCH_ERRORS.labels(code=exc.code).inc()
-        return _error(exc.status, exc.code, exc.message, exc.details)
 
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()]
-        first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
-        where = ".".join(str(p) for p in first["loc"])
-        return _error(400, "bad_request", f"{where}: {first['msg']}", {"errors": errors})
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return _error(exc.status_code, code, str(exc.detail))
-
-    @app.exception_handler(Exception)
-    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error")
-        return _error(500, "internal", "internal error; see server log")
+    install_error_handlers(app, log, count_bad_query)
 
     def run_search(req: SearchRequest) -> dict[str, Any]:
         started = time.perf_counter()
@@ -271,16 +237,8 @@ def create_app(lens: Lens | None = None, settings: LensSettings | None = None) -
     return app
 
 
-def _authorized(request: Request, token_hashes: list[bytes]) -> bool:
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        return False
-    digest = hashlib.sha256(token.strip().encode()).digest()
-    found = False
-    for h in token_hashes:
-        found |= hmac.compare_digest(digest, h)
-    return found
+def _authorized(request: Request, hashes: list[bytes]) -> bool:
+    return bearer_ok(request.headers.get("authorization", ""), hashes)
 
 
 __all__ = ["Unauthorized", "create_app", "is_loopback"]

@@ -17,8 +17,6 @@ through untouched.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -26,19 +24,23 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Literal
 
-from fastapi import FastAPI, Query, Request, Response
-from fastapi.exceptions import RequestValidationError
+from fastapi import FastAPI, Query, Response
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp
 from mcp.server.transport_security import TransportSecuritySettings
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lens.errors import LensError, NotFound
-from lens.serve.api import is_loopback
+from lens.serve.http_common import (
+    bearer_ok,
+    error_response,
+    install_error_handlers,
+    is_loopback,
+    token_hashes,
+)
 from mimir import __version__
 from mimir.config import MimirSettings
 from mimir.serve import metrics
@@ -94,26 +96,9 @@ class VerifyRequest(BaseModel):
 
 
 # -- helpers ----------------------------------------------------------------------------
-def _error(status: int, code: str, message: str, details: dict[str, Any] | None = None) -> JSONResponse:
-    return JSONResponse(
-        {"error": {"code": code, "message": message, "details": details or {}}}, status_code=status
-    )
-
-
-def _token_hashes(tokens: list[str]) -> list[bytes]:
-    return [hashlib.sha256(t.encode()).digest() for t in tokens]
-
-
-def _authorized(headers: list[tuple[bytes, bytes]], token_hashes: list[bytes]) -> bool:
+def _authorized(headers: list[tuple[bytes, bytes]], hashes: list[bytes]) -> bool:
     value = next((v for k, v in headers if k == b"authorization"), b"").decode("latin-1")
-    scheme, _, token = value.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        return False
-    digest = hashlib.sha256(token.strip().encode()).digest()
-    found = False
-    for h in token_hashes:  # no early exit: timing says nothing about which token matched
-        found |= hmac.compare_digest(digest, h)
-    return found
+    return bearer_ok(value, hashes)
 
 
 class GuardMiddleware:
@@ -144,7 +129,7 @@ class GuardMiddleware:
                 and path not in PUBLIC_PATHS
                 and not _authorized(scope["headers"], self.token_hashes)
             ):
-                response = _error(401, "unauthorized", "missing or invalid bearer token")
+                response = error_response(401, "unauthorized", "missing or invalid bearer token")
                 response.headers["WWW-Authenticate"] = 'Bearer realm="mimir"'
                 await response(scope, receive, send_and_watch)
                 return
@@ -215,30 +200,11 @@ def create_app(mimir: Mimir | None = None, settings: MimirSettings | None = None
         "citations. The same tools are available over MCP (Streamable HTTP) at /mcp.",
     )
     app.state.mimir = service
-    app.add_middleware(GuardMiddleware, token_hashes=_token_hashes(tokens))
+    app.add_middleware(GuardMiddleware, token_hashes=token_hashes(tokens))
     # A plain Starlette route (not a Mount) so "/mcp" itself matches without a slash redirect.
     app.router.routes.append(Route(MCP_PATH, StreamableHTTPASGIApp(session_manager), include_in_schema=False))
 
-    @app.exception_handler(LensError)
-    async def lens_error(_: Request, exc: LensError) -> JSONResponse:
-        return _error(exc.status, exc.code, exc.message, exc.details)
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()]
-        first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
-        where = ".".join(str(p) for p in first["loc"])
-        return _error(400, "bad_request", f"{where}: {first['msg']}", {"errors": errors})
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return _error(exc.status_code, code, str(exc.detail))
-
-    @app.exception_handler(Exception)
-    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error")
-        return _error(500, "internal", "internal error; see server log")
+    install_error_handlers(app, log)
 
     # -- indexing ---------------------------------------------------------------------
     @app.post("/api/index/repository", status_code=202, tags=["indexing"])
