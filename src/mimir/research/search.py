@@ -18,8 +18,10 @@ from mimir.lensclient import LensRequestError, LensUnavailable
 from mimir.research.evidence import Degradation, IndexEvidence, SymbolRow
 
 RRF_K = 60
-# Relative trust in each signal's ranking (tuned on django with benchmarks/quality.py).
-WEIGHTS = {"exact": 0.6, "bm25": 1.0, "semantic": 1.2, "symbol": 1.0, "graph": 0.3}
+# Relative trust in each signal's ranking: grid-searched on django with benchmarks/quality.py --tune
+# (docs/benchmarks.md); sympy and go-std are reported with these weights, untuned. Graph expansion
+# did not help ranking there (weight 0); it still brings related code into the candidate set.
+WEIGHTS = {"exact": 0.3, "bm25": 1.0, "semantic": 3.0, "symbol": 0.3, "graph": 0.0}
 RANK_PRIOR = 0.15
 MAX_SPAN_LINES = 80
 _WORD_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{2,}")
