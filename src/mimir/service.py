@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import time
+import uuid
 from pathlib import Path
 from typing import Any
 
+from lens.engine import check_allowed
+from mimir.bundle import extract_bundle
 from mimir.config import MimirSettings
 from mimir.errors import BadRequest, NotFound, UnknownIndex
 from mimir.lensclient import LensBackend, LensUnavailable
@@ -18,6 +24,7 @@ from mimir.research.evidence import Degradation, IndexEvidence
 from mimir.research.llm import LLMClient, llm_from_settings
 from mimir.research.repomap import render_from_db
 from mimir.research.search import search_repo
+from mimir.store import IndexRecord
 
 
 class Mimir:
@@ -96,6 +103,50 @@ class Mimir:
             **manifest.get("bundle", {}),
             "uri": f"mimir://indexes/{index_id}/bundle",
         }
+
+    def import_bundle(self, bundle_path: str) -> dict[str, Any]:
+        """Make another Mimir's bundle searchable here, offline: research data plus its Lens shard."""
+        bundle = check_allowed(Path(bundle_path), self.settings.roots())
+        if not bundle.is_file():
+            raise BadRequest(f"bundle {bundle_path!r} is not a file", details={"path": bundle_path})
+        staging = self.settings.data_dir / "indexes" / f".import-{uuid.uuid4().hex}"
+        staging.parent.mkdir(parents=True, exist_ok=True)
+        manifest = extract_bundle(bundle, staging, max_total_bytes=self.settings.max_bundle_bytes)
+        try:
+            index_id = str(manifest["index_id"])
+            target = index_dir(self.settings, index_id)
+            if target.exists():
+                return {
+                    "index_id": index_id,
+                    "status": self.store.get_index(index_id).status,
+                    "imported": False,
+                }
+            shard = staging / "lens-shard.sqlite"
+            if not shard.exists():
+                raise BadRequest("bundle has no Lens shard: it cannot be searched offline", details={})
+            self.lens.import_shard(str(manifest["lens_repo"]), shard)
+            shard.unlink()
+            os.rename(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        now = time.time()
+        root = str(manifest.get("root") or "")
+        self.store.upsert_index(
+            IndexRecord(
+                index_id=index_id,
+                repo=Path(root).name or index_id,
+                root=root,
+                rev=manifest.get("rev"),
+                commit=manifest.get("commit"),
+                lens_repo=str(manifest["lens_repo"]),
+                status="ready",
+                latest_run=None,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+        self.store.set_index_status(index_id, "ready", manifest)
+        return {"index_id": index_id, "status": "ready", "imported": True, "commit": manifest.get("commit")}
 
     # -- research ---------------------------------------------------------------------
     def evidence(self, index_id: str) -> IndexEvidence:

@@ -136,3 +136,30 @@ def test_lens_outage_is_degraded_then_recovers(
         assert mimir.lens.status()["breaker"] == "closed"
     finally:
         mimir.close()
+
+
+def test_bundle_is_searchable_offline_by_another_mimir(tmp_path: Path, make_repo: object) -> None:
+    repo = make_repo(FILES, name="bundle-repo")  # type: ignore[operator]
+    first = Mimir(MimirSettings(data_dir=tmp_path / "a", allowed_roots=str(tmp_path), embed=False))
+    try:
+        out = first.ensure_repo_index(str(repo))
+        assert first.manager.wait(out["run"]["run_id"], timeout=120).state == "succeeded"
+        bundle = first.get_repo_bundle(out["index_id"])
+        original = first.search_repo(out["index_id"], "apply_discount", k=3, mode="exact")
+    finally:
+        first.close()
+    second = Mimir(MimirSettings(data_dir=tmp_path / "b", allowed_roots=str(tmp_path), embed=False))
+    try:
+        imported = second.import_bundle(bundle["path"])
+        assert imported == {
+            "index_id": out["index_id"],
+            "status": "ready",
+            "imported": True,
+            "commit": out["commit"],
+        }
+        again = second.search_repo(out["index_id"], "apply_discount", k=3, mode="exact")
+        assert [r["citation"] for r in again["results"]] == [r["citation"] for r in original["results"]]
+        assert again["results"] and not again["degraded"]
+        assert second.import_bundle(bundle["path"])["imported"] is False  # idempotent
+    finally:
+        second.close()

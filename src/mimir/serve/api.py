@@ -90,6 +90,10 @@ class AskRequest(BaseModel):
     token_budget: int | None = Field(None, ge=128, le=200_000)
 
 
+class ImportRequest(BaseModel):
+    path: str = Field(..., description="A Mimir bundle (.tar.zst) on the server, under MIMIR_ALLOWED_ROOTS")
+
+
 class VerifyRequest(BaseModel):
     citation: str = Field(..., min_length=3, max_length=4200, description="path:Lstart-Lend@commit")
     sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$")
@@ -220,6 +224,11 @@ def create_app(mimir: Mimir | None = None, settings: MimirSettings | None = None
     @app.get("/api/indexes", tags=["indexing"])
     def list_indexes() -> dict[str, Any]:
         return {"indexes": service.list_indexes()}
+
+    @app.post("/api/indexes/import", tags=["indexing"])
+    def import_bundle(req: ImportRequest) -> dict[str, Any]:
+        """Register another Mimir's bundle so its index is searchable here, offline."""
+        return service.import_bundle(req.path)
 
     @app.get("/api/indexes/{index_id}", tags=["indexing"])
     def index_status(index_id: str) -> dict[str, Any]:

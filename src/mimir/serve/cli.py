@@ -242,6 +242,24 @@ def ask(
         )
 
 
+@app.command("import")
+def import_bundle(
+    bundle: Annotated[str, typer.Argument(help="A Mimir bundle (.tar.zst) under MIMIR_ALLOWED_ROOTS")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object")] = False,
+) -> None:
+    """Import a bundle from another Mimir; its index becomes searchable here, offline."""
+    _logging()
+    try:
+        result = _mimir().import_bundle(os.path.abspath(bundle))
+    except LensError as exc:
+        _fail(exc, as_json)
+        return
+    if as_json:
+        print(json.dumps(result))
+    else:
+        out.print(f"{result['index_id']}: {'imported' if result['imported'] else 'already present'}")
+
+
 @app.command()
 def indexes(as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False) -> None:
     """List known indexes, newest first."""
