@@ -289,6 +289,7 @@ def main() -> None:
     )
     ap.add_argument("--tune", action="store_true", help="grid-search fusion weights on the FIRST corpus only")
     args = ap.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[attr-defined]
     corpora = args.corpus or ["django", "sympy", "go-std"]
     print(
         f"# quality: {platform.node()} {os.cpu_count()} cores, python {platform.python_version()}, "
