@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 FETCH = ROOT.parent / "shared" / "corpora" / "fetch.sh"
 MODES = ("exact", "ranked", "semantic", "hybrid")
-GO_DIRS = (
+GO_DIRS = (  # under the Go source root (share/go-1.19 in the Debian package)
     "src/net/http",
     "src/strings",
     "src/bytes",
@@ -145,10 +145,11 @@ def build_copy(
     name: str, src: Path, dest: Path, max_files: int, n_queries: int, rng: random.Random
 ) -> list[Target]:
     if name == "go-std":
+        go_root = next((p.parent.parent for p in src.rglob("src/go.mod")), src)
         files = [
             p
             for d in GO_DIRS
-            for p in sorted((src / d).rglob("*.go"))
+            for p in sorted((go_root / d).rglob("*.go"))
             if not p.name.endswith("_test.go") and "/testdata/" not in p.as_posix()
         ]
         targets, stripped = mine_go(src, files)
