@@ -150,7 +150,7 @@ def gather(ev: IndexEvidence, query: str, k: int, mode: str, deg: Degradation) -
             cur.signals[signal] = max(cur.signals.get(signal, float("-inf")), c.signals.get(signal, 0.0))
             cur.ranks[signal] = rank
             cur.reasons.extend(c.reasons[:1])
-            cur.score += WEIGHTS[signal] / (RRF_K + rank + 1)
+            cur.score += (WEIGHTS[signal] if mode == "hybrid" else 1.0) / (RRF_K + rank + 1)
             rank += 1
     ordered = sorted(fused.values(), key=lambda c: (-c.score, c.path, c.start))
     if mode == "hybrid":
