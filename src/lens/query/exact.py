@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from lens.query.ast import Query, Term, case_sensitive
@@ -63,7 +63,6 @@ class ExactState:
     timed_out: bool = False
     files_scanned: int = 0
     candidates: int = 0
-    candidates_exact: bool = True
 
     @property
     def full(self) -> bool:
@@ -434,6 +433,3 @@ def finish(state: ExactState, offset: int, limit: int, ordering: str) -> tuple[l
     page = [ln.hit for ln in ordered[offset : offset + limit]]
     more = len(ordered) > offset + limit or not state.exhausted
     return page, more
-
-
-SnapshotRunner = Callable[[Snapshot], None]

@@ -68,14 +68,6 @@ def lens_backend(settings: MimirSettings) -> LensBackend:
     )
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 @dataclass
 class RunState:
     settings: MimirSettings
@@ -366,7 +358,3 @@ def _run_logger(settings: MimirSettings, run_id: str) -> logging.Logger:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
     return log
-
-
-def sha256_file(path: Path) -> str:
-    return _sha256_file(path)
