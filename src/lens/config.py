@@ -40,6 +40,8 @@ class LensSettings(BaseSettings):
     max_file_bytes: int = 1 << 20
     embed: bool = True
     search_timeout_ms: int = 5000
+    # Searches run at once; more would only fight over the GIL (0 = one per CPU).
+    search_concurrency: int = 0
     max_query_length: int = 4096
     max_request_bytes: int = 1 << 20
 

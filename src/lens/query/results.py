@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from lens.errors import BadRequest
@@ -33,7 +33,8 @@ class Hit:
     signals: dict[str, float] = field(default_factory=dict)  # per-mode scores in hybrid
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        # Shallow on purpose: dataclasses.asdict deep-copies and cost ~2 ms per 100-hit page.
+        d = dict(self.__dict__)
         d["ranges"] = [list(r) for r in self.ranges]
         return d
 
@@ -54,7 +55,7 @@ class SearchResult:
     warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = dict(self.__dict__)
         d["results"] = [h.to_dict() for h in self.results]
         return d
 

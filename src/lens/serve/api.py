@@ -7,12 +7,15 @@ status the error type names; a bad query is a 400 naming the position, never a 5
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Literal
 
+import anyio
+import anyio.to_thread
 from fastapi import FastAPI, Query, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -141,8 +144,14 @@ def create_app(lens: Lens | None = None, settings: LensSettings | None = None) -
             metrics.SEARCH_TIMEOUTS.labels(mode=req.mode).inc()
         return result.to_dict()
 
+    limiter = anyio.CapacityLimiter(settings.search_concurrency or (os.cpu_count() or 1))
+
+    async def run_search_limited(req: SearchRequest) -> dict[str, Any]:
+        """Searches are CPU-bound: a few at a time finish sooner than many interleaved (GIL)."""
+        return await anyio.to_thread.run_sync(run_search, req, limiter=limiter)
+
     @app.get("/api/v1/search", tags=["search"])
-    def search_get(
+    async def search_get(
         q: str = Query(...),
         mode: ModeName = "exact",
         limit: int = Query(100, ge=1, le=1000),
@@ -151,15 +160,15 @@ def create_app(lens: Lens | None = None, settings: LensSettings | None = None) -
         timeout_ms: int | None = Query(None, ge=1, le=60000),
         repo: list[str] | None = Query(None),
     ) -> dict[str, Any]:
-        return run_search(
+        return await run_search_limited(
             SearchRequest(
                 q=q, mode=mode, limit=limit, context=context, cursor=cursor, timeout_ms=timeout_ms, repos=repo
             )
         )
 
     @app.post("/api/v1/search", tags=["search"])
-    def search_post(req: SearchRequest) -> dict[str, Any]:
-        return run_search(req)
+    async def search_post(req: SearchRequest) -> dict[str, Any]:
+        return await run_search_limited(req)
 
     @app.post("/api/v1/repos", status_code=202, tags=["repos"])
     def index_repo(req: IndexRequest) -> dict[str, Any]:
