@@ -59,6 +59,8 @@ from typing import Any
 
 import httpx
 
+from _machine import cpu_and_ram
+
 PROJECT = Path(__file__).resolve().parents[1]
 DEFAULT_FETCH = PROJECT.parent / "shared" / "corpora" / "fetch.sh"
 SEARCH_PATH = "/api/v1/search"
@@ -116,17 +118,7 @@ def table(title: str, headers: list[str], rows: Iterable[Sequence[object]], left
 
 
 def machine_header(argv: list[str]) -> list[str]:
-    cpu = "unknown CPU"
-    with open("/proc/cpuinfo", encoding="utf-8") as fh:
-        for raw in fh:
-            if raw.startswith("model name"):
-                cpu = raw.split(":", 1)[1].strip()
-                break
-    ram_kib = 0
-    with open("/proc/meminfo", encoding="utf-8") as fh:
-        for raw in fh:
-            if raw.startswith("MemTotal:"):
-                ram_kib = int(raw.split()[1])
+    cpu, ram_kib = cpu_and_ram()
     load = " ".join(Path("/proc/loadavg").read_text().split()[:3])  # other work on the machine skews times
     usable = len(os.sched_getaffinity(0))
     git = ["git", "-C", str(PROJECT), "rev-parse", "--short", "HEAD"]

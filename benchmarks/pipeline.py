@@ -46,6 +46,7 @@ import anyio
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 
+from _machine import cpu_and_ram
 from mimir.config import MimirSettings
 from mimir.service import Mimir
 
@@ -112,17 +113,7 @@ QUESTIONS = [
 
 # -- machine and formatting --------------------------------------------------------------------------
 def machine_header(argv: Sequence[str]) -> list[str]:
-    cpu = "unknown CPU"
-    with open("/proc/cpuinfo", encoding="utf-8") as fh:
-        for raw in fh:
-            if raw.startswith("model name"):
-                cpu = raw.split(":", 1)[1].strip()
-                break
-    ram_kib = 0
-    with open("/proc/meminfo", encoding="utf-8") as fh:
-        for raw in fh:
-            if raw.startswith("MemTotal:"):
-                ram_kib = int(raw.split()[1])
+    cpu, ram_kib = cpu_and_ram()
     git = ["git", "-C", str(PROJECT), "rev-parse", "--short", "HEAD"]
     commit = subprocess.run(git, capture_output=True, text=True, check=False).stdout.strip()
     return [

@@ -47,6 +47,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from _machine import cpu_and_ram
 from lens.discover.filters import MINIFIED_SUFFIXES, VENDORED_DIRS
 from lens.index.catalog import Catalog
 from lens.query.ast import Regex, Term, case_sensitive
@@ -156,17 +157,7 @@ def table(title: str, headers: list[str], rows: Iterable[Sequence[object]], righ
 
 
 def machine_header(argv: list[str]) -> list[str]:
-    cpu = "unknown CPU"
-    with open("/proc/cpuinfo", encoding="utf-8") as fh:
-        for raw in fh:
-            if raw.startswith("model name"):
-                cpu = raw.split(":", 1)[1].strip()
-                break
-    ram_kib = 0
-    with open("/proc/meminfo", encoding="utf-8") as fh:
-        for raw in fh:
-            if raw.startswith("MemTotal:"):
-                ram_kib = int(raw.split()[1])
+    cpu, ram_kib = cpu_and_ram()
     load = " ".join(Path("/proc/loadavg").read_text().split()[:3])  # other work on the machine skews times
     rg = subprocess.run(["rg", "--version"], capture_output=True, text=True, check=True).stdout.split("\n")[0]
     git = ["git", "-C", str(PROJECT), "rev-parse", "--short", "HEAD"]
