@@ -8,6 +8,7 @@ shard generation and vector batch, and shared by all threads.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,9 +93,8 @@ def search_semantic(snap: Snapshot, plan: ExactPlan, embedder: Embedder, text: s
         return []
     q = embedder.embed_query(text)
     scores = table.matrix @ q
-    order = np.argsort(-scores, kind="stable")
     hits: list[Hit] = []
-    for idx in order:
+    for idx in _best_first(scores, want):
         if len(hits) >= want:
             break
         file_id = int(table.file_ids[idx])
@@ -121,3 +121,17 @@ def search_semantic(snap: Snapshot, plan: ExactPlan, embedder: Embedder, text: s
             )
         )
     return hits
+
+
+def _best_first(scores: npt.NDArray[np.float32], want: int) -> Iterator[int]:
+    """Indices by descending score, lazily: filters may reject hits, so a generous head is
+    found with argpartition (linear) and sorted; the full sort happens only if that runs out."""
+    head = min(len(scores), max(want * 8, 256))
+    part = (
+        np.sort(np.argpartition(-scores, head - 1)[:head]) if head < len(scores) else np.arange(len(scores))
+    )
+    top = part[np.argsort(-scores[part], kind="stable")]
+    yield from (int(i) for i in top)
+    if head < len(scores):
+        seen = set(top.tolist())
+        yield from (int(i) for i in np.argsort(-scores, kind="stable") if int(i) not in seen)
