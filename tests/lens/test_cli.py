@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,8 @@ from typing import Any
 
 import httpx
 import pytest
+
+from support import free_port
 
 FILES: dict[str, str | bytes] = {
     "src/app.py": "def parse_config(path):\n    return open(path).read()\n",
@@ -143,15 +144,8 @@ def test_index_embeds_with_real_model(
     assert found["results"][0]["path"] == "calc.py"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def test_serve(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "LENS_DATA_DIR": str(tmp_path / "serve-data"), "LENS_EMBED": "0"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "lens.serve.cli", "serve", "--port", str(port)],

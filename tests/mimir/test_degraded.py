@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ import pytest
 
 from mimir.config import MimirSettings
 from mimir.service import Mimir
+from support import free_port
 
 FILES = {
     "shop/cart.py": (
@@ -32,12 +32,6 @@ FILES = {
         "def apply_discount(amount):\n    if amount > 100:\n        return amount * 0.9\n    return amount\n"
     ),
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _start_lens(data: Path, roots: Path, port: int) -> subprocess.Popen[bytes]:
@@ -62,7 +56,7 @@ def _start_lens(data: Path, roots: Path, port: int) -> subprocess.Popen[bytes]:
 
 @pytest.fixture
 def lens_server(tmp_path: Path) -> Iterator[dict[str, object]]:
-    port = _free_port()
+    port = free_port()
     state: dict[str, object] = {"port": port, "data": tmp_path / "lens-data", "roots": tmp_path}
     state["proc"] = _start_lens(tmp_path / "lens-data", tmp_path, port)
     try:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -33,6 +32,7 @@ from mimir.lensclient import (
     NotSupported,
     make_lens_backend,
 )
+from support import free_port
 
 TOKEN = "test-token-123"
 FILES: dict[str, str | bytes] = {
@@ -223,11 +223,6 @@ def test_breaker_is_thread_safe() -> None:
 
 
 # -- a real Lens server -------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class LensServer:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ from mcp_types import BlobResourceContents, CallToolResult, TextResourceContents
 
 from mimir.serve.mcp import build_mcp_server
 from mimir.service import Mimir
+from support import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -402,17 +402,13 @@ def test_stdio_full_flow(menv: MimirEnv) -> None:
 
 
 # -- Streamable HTTP --------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
 def http_server(menv: MimirEnv, request: pytest.FixtureRequest) -> Iterator[tuple[str, dict[str, str]]]:
     """Start `mimir serve` on a free loopback port; yields (base URL, extra env)."""
     extra: dict[str, str] = getattr(request, "param", {})
-    port = _free_port()
+    port = free_port()
     env = {**menv.env, **extra}
     log = (menv.base / f"serve-{port}.log").open("w")
     proc = subprocess.Popen(
