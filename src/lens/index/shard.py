@@ -1,7 +1,7 @@
 """The shard: one repository at one revision, as one self-contained SQLite file.
 
 Why SQLite: FTS5's trigram tokenizer gives a compact substring index
-(``detail=none`` keeps only document lists: ~0.3x the text), WAL gives readers a
+(``detail=none`` keeps only document lists, no positions), WAL gives readers a
 consistent snapshot while an incremental update commits, and a single file can
 be copied between machines as it is.
 
