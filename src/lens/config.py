@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -44,6 +45,34 @@ class LensSettings(BaseSettings):
     search_concurrency: int = 0
     max_query_length: int = 4096
     max_request_bytes: int = 1 << 20
+
+    # -- production runtime (step 3); all optional: unset means the embedded default ------------
+    environment: Literal["development", "staging", "production"] = Field(
+        default="development", validation_alias=AliasChoices("LENS_ENV", "LENS_ENVIRONMENT")
+    )
+    # all: index and search (embedded default); searcher: serve shards shipped through NATS;
+    # indexer: build shards and publish them.
+    role: Literal["all", "searcher", "indexer"] = "all"
+    redis_url: str | None = Field(default=None, validation_alias=AliasChoices("LENS_REDIS_URL", "REDIS_URL"))
+    cache_ttl_s: int = 300
+    cache_timeout_s: float = 0.25
+    # Requests per minute per token (0 = no limit); shared across replicas when Redis is set.
+    rate_limit_per_minute: int = 0
+    nats_url: str | None = Field(default=None, validation_alias=AliasChoices("LENS_NATS_URL", "NATS_URL"))
+    # Prefix of every stream, object store and key-value bucket: one namespace per deployment/test.
+    nats_namespace: str = Field(
+        default="mimirlens", validation_alias=AliasChoices("LENS_NATS_NAMESPACE", "NATS_NAMESPACE")
+    )
+    # Optional JWT validation (OAuth 2.1 resource server) beside the static bearer tokens.
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    jwt_jwks_file: Path | None = None
+    otel_endpoint: str | None = Field(
+        default=None, validation_alias=AliasChoices("LENS_OTEL_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+    )
+    log_level: str = "INFO"
+    # console for people, json for log shippers; empty = json outside development.
+    log_format: Literal["", "console", "json"] = ""
 
     @field_validator("data_dir")
     @classmethod

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -39,6 +40,40 @@ class MimirSettings(BaseSettings):
     llm_model: str | None = None
     llm_timeout_s: float = 60.0
     max_bundle_bytes: int = 8 << 30
+
+    # -- production runtime (step 3); all optional: unset means the embedded default ------------
+    environment: Literal["development", "staging", "production"] = Field(
+        default="development", validation_alias=AliasChoices("MIMIR_ENV", "MIMIR_ENVIRONMENT")
+    )
+    # PostgreSQL for metadata when set (postgresql://...); otherwise SQLite under data_dir.
+    database_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("MIMIR_DATABASE_URL", "DATABASE_URL")
+    )
+    db_pool_min: int = 1
+    db_pool_max: int = 10
+    db_timeout_s: float = 5.0
+    db_migrate_on_start: bool = True
+    redis_url: str | None = Field(default=None, validation_alias=AliasChoices("MIMIR_REDIS_URL", "REDIS_URL"))
+    cache_ttl_s: int = 300
+    cache_timeout_s: float = 0.25
+    # Requests per minute per token (0 = no limit); shared across replicas when Redis is set.
+    rate_limit_per_minute: int = 0
+    # NATS JetStream work queue and shard shipping when set; otherwise in-process.
+    nats_url: str | None = Field(default=None, validation_alias=AliasChoices("MIMIR_NATS_URL", "NATS_URL"))
+    nats_namespace: str = Field(
+        default="mimirlens", validation_alias=AliasChoices("MIMIR_NATS_NAMESPACE", "NATS_NAMESPACE")
+    )
+    queue_ack_wait_s: float = 30.0
+    queue_max_deliver: int = 3
+    worker_concurrency: int = 1
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    jwt_jwks_file: Path | None = None
+    otel_endpoint: str | None = Field(
+        default=None, validation_alias=AliasChoices("MIMIR_OTEL_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+    )
+    log_level: str = "INFO"
+    log_format: Literal["", "console", "json"] = ""
 
     def tokens(self) -> list[str]:
         return split_tokens(self.api_tokens)
