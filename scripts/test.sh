@@ -14,6 +14,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     exit 1
   fi
 fi
+bash scripts/services.sh  # PostgreSQL, Redis, NATS on loopback: the tests use the real servers
 scripts/setup.sh test
 . .venv/bin/activate
 ruff check src tests benchmarks
