@@ -6,6 +6,10 @@ cd "$ROOT"
 need_apt=()
 command -v git >/dev/null || need_apt+=(git)
 command -v ctags >/dev/null || need_apt+=(universal-ctags)
+command -v promtool >/dev/null || need_apt+=(prometheus)
+command -v prometheus-node-exporter >/dev/null || need_apt+=(prometheus-node-exporter)
+command -v prometheus-postgres-exporter >/dev/null || need_apt+=(prometheus-postgres-exporter)
+command -v prometheus-redis-exporter >/dev/null || need_apt+=(prometheus-redis-exporter)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null

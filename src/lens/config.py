@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import AliasChoices, Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from infra.settings import RuntimeSettings
 
 
 def _default_data_dir() -> Path:
@@ -28,13 +30,15 @@ def parse_roots(raw: str) -> list[Path]:
     return [Path(p).expanduser().resolve() for p in parts]
 
 
-class LensSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="LENS_", extra="ignore")
+class LensSettings(RuntimeSettings):
+    model_config = SettingsConfigDict(env_prefix="LENS_", extra="ignore", populate_by_name=True)
+    # Each may also come from a file: LENS_API_TOKENS_FILE=/run/secrets/lens_tokens (docs/CONFIGURATION.md).
+    SECRET_FIELDS: ClassVar[tuple[str, ...]] = ("api_tokens", "redis_url", "nats_url")
 
     data_dir: Path = Field(default_factory=_default_data_dir)
     host: str = "127.0.0.1"
     port: int = 3000
-    # Comma-separated bearer tokens; empty means no auth, allowed only on loopback.
+    # Comma-separated bearer tokens (plain or sha256:<hex>); empty means no auth, allowed only on loopback.
     api_tokens: str = ""
     # Paths the HTTP API may index (os.pathsep- or comma-separated); default: the working directory.
     allowed_roots: str = ""
@@ -67,6 +71,8 @@ class LensSettings(BaseSettings):
     jwt_issuer: str | None = None
     jwt_audience: str | None = None
     jwt_jwks_file: Path | None = None
+    # Scopes (space-separated) every JWT must carry; static tokens are not scoped.
+    jwt_required_scope: str | None = None
     otel_endpoint: str | None = Field(
         default=None, validation_alias=AliasChoices("LENS_OTEL_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
     )

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import AliasChoices, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
+from infra.settings import RuntimeSettings
 from lens.config import parse_roots, split_tokens
 
 
@@ -17,8 +18,17 @@ def _default_data_dir() -> Path:
     return Path(base) / "mimir-lens" / "mimir"
 
 
-class MimirSettings(BaseSettings):
+class MimirSettings(RuntimeSettings):
     model_config = SettingsConfigDict(env_prefix="MIMIR_", extra="ignore", populate_by_name=True)
+    # Each may also come from a file: MIMIR_API_TOKENS_FILE=/run/secrets/tokens (docs/CONFIGURATION.md).
+    SECRET_FIELDS: ClassVar[tuple[str, ...]] = (
+        "api_tokens",
+        "lens_token",
+        "llm_api_key",
+        "database_url",
+        "redis_url",
+        "nats_url",
+    )
 
     data_dir: Path = Field(default_factory=_default_data_dir)
     host: str = "127.0.0.1"
@@ -40,6 +50,9 @@ class MimirSettings(BaseSettings):
     llm_model: str | None = None
     llm_timeout_s: float = 60.0
     max_bundle_bytes: int = 8 << 30
+    # HTTP request bodies over this are refused (413); longer search queries and questions get a 400.
+    max_request_bytes: int = 1 << 20
+    max_query_length: int = 4000
 
     # -- production runtime (step 3); all optional: unset means the embedded default ------------
     environment: Literal["development", "staging", "production"] = Field(
@@ -69,6 +82,11 @@ class MimirSettings(BaseSettings):
     jwt_issuer: str | None = None
     jwt_audience: str | None = None
     jwt_jwks_file: Path | None = None
+    # Scopes (space-separated) every JWT must carry (403 insufficient_scope); static tokens are not scoped.
+    jwt_required_scope: str | None = None
+    # The externally visible base URL (https://mimir.example.com), the OAuth protected resource's
+    # identifier; unset: taken from each request's Host header.
+    public_url: str | None = None
     otel_endpoint: str | None = Field(
         default=None, validation_alias=AliasChoices("MIMIR_OTEL_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
     )

@@ -25,6 +25,13 @@ class LensDown(LensError):
     status = 503
 
 
+class StoreUnavailable(LensError):
+    """The metadata database cannot be reached right now; retrying later is the right reaction."""
+
+    code = "database_unavailable"
+    status = 503
+
+
 __all__ = [
     "BadRequest",
     "Conflict",
@@ -33,5 +40,6 @@ __all__ = [
     "NotFound",
     "PathNotAllowed",
     "RunCancelled",
+    "StoreUnavailable",
     "UnknownIndex",
 ]

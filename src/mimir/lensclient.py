@@ -18,16 +18,23 @@ is alive, so they count as breaker successes.
 
 from __future__ import annotations
 
+import contextvars
+import itertools
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal, Protocol
 from urllib.parse import quote
 
 import httpx
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from infra.observability import tracing
 from lens.config import LensSettings
 from lens.engine import Lens
 from lens.errors import (
@@ -45,6 +52,7 @@ from lens.index.embedder import Embedder
 from mimir import breaker as breakerlib
 from mimir.breaker import CircuitBreaker
 from mimir.errors import LensDown, RunCancelled
+from mimir.serve import metrics
 
 ProgressFn = Callable[[str, int, int], None]
 StopFn = Callable[[], bool]
@@ -94,6 +102,23 @@ class NotSupported(LensError):
 
     code = "not_supported"
     status = 501
+
+
+_FALLBACK: contextvars.ContextVar[bool] = contextvars.ContextVar("mimir_lens_fallback", default=False)
+
+
+@contextmanager
+def fallback_ready() -> Iterator[None]:
+    """Lens calls in this block have a fallback: their failures count as ``fallback`` in metrics.
+
+    Wrap the call where a caller catches :class:`LensUnavailable` and answers from stored
+    data instead, so ``mimir_lens_calls_total`` counts every call exactly once.
+    """
+    token = _FALLBACK.set(True)
+    try:
+        yield
+    finally:
+        _FALLBACK.reset(token)
 
 
 # -- the interface ----------------------------------------------------------------------
@@ -349,12 +374,17 @@ class HttpLens(LensBackend):
         on_call: CallHook | None = None,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
+        # A comma-separated list of searcher replicas: calls go round-robin and fail over to the
+        # next replica (connection error, 5xx) before the breaker hears of a failure.
+        self.replicas = [u.strip().rstrip("/") for u in base_url.split(",") if u.strip()] or [base_url]
+        self.base_url = ",".join(self.replicas)
+        self._turn = itertools.count()
         self.max_attempts = max(1, max_attempts)
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
         self.poll_interval = poll_interval
         self.breaker = breaker or CircuitBreaker(name="lens")
+        metrics.watch_breaker(self.breaker)
         self.on_call = on_call
         self.read_timeout = read_timeout
         self.connect_timeout = connect_timeout
@@ -362,7 +392,7 @@ class HttpLens(LensBackend):
         if token:
             headers["Authorization"] = f"Bearer {token}"
         self._client = httpx.Client(
-            base_url=self.base_url,
+            base_url=self.replicas[0],
             headers=headers,
             timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
             transport=transport,
@@ -399,11 +429,20 @@ class HttpLens(LensBackend):
         json: dict[str, Any] | None = None,
         retry: bool = True,
         timeout: httpx.Timeout | None = None,
+        pinned: bool = False,
     ) -> Any:
+        """``pinned``: the first replica only (index jobs live on the server that queued them)."""
         started = time.perf_counter()
         retries = 0
         outcome: Outcome = "unavailable"
         settled = False  # the breaker heard this call's verdict
+        # A client span; its id travels in traceparent, so Lens's server span is its child.
+        span = tracing.tracer().start_span(
+            f"lens {op}",
+            kind=SpanKind.CLIENT,
+            attributes={"mimir.lens.operation": op, "http.request.method": method, "url.path": url},
+        )
+        span_token = otel_context.attach(trace.set_span_in_context(span))
         try:
             try:
                 self.breaker.allow()
@@ -413,29 +452,39 @@ class HttpLens(LensBackend):
                     f"Lens at {self.base_url} is unavailable (circuit open); {exc}",
                     retry_after=exc.retry_after,
                 ) from None
-            attempts = self.max_attempts if retry else 1
+            targets = self.replicas[:1] if pinned else self.replicas
+            n, first = len(targets), next(self._turn)
+            # Non-idempotent calls move on only when the request surely never left (connect error).
+            attempts = max(self.max_attempts, n) if retry else n
             problem = ""
             for attempt in range(attempts):
                 if attempt:
-                    time.sleep(self._backoff(attempt - 1))
+                    if attempt % n == 0:  # every replica had its turn: back off before the next round
+                        time.sleep(self._backoff(attempt // n - 1))
                     retries += 1
+                target = targets[(first + attempt) % n]
                 try:
                     resp = self._client.request(
                         method,
-                        url,
+                        target + url,
                         params=params,
                         json=json,
+                        headers=tracing.inject_headers(),
                         timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
                     )
                 except httpx.TimeoutException as exc:
                     problem = f"timed out ({type(exc).__name__})"
-                    continue
+                    if retry:
+                        continue
+                    break
                 except httpx.RequestError as exc:
                     problem = f"connection failed ({type(exc).__name__}: {exc})"
-                    continue
+                    if retry or isinstance(exc, httpx.ConnectError):
+                        continue
+                    break
                 if resp.status_code >= 500:
                     problem = f"HTTP {resp.status_code}: {_error_message(resp)}"
-                    if resp.status_code in _RETRY_STATUSES:
+                    if retry and (resp.status_code in _RETRY_STATUSES or attempt + 1 < n):
                         continue
                     break
                 # Lens answered: whatever it said, it is alive.
@@ -465,6 +514,12 @@ class HttpLens(LensBackend):
                 self.breaker.record_failure()
             seconds = time.perf_counter() - started
             self._stats.add(op, outcome, seconds, retries)
+            metrics.record_lens_call(op, outcome, seconds, retries, fallback=_FALLBACK.get())
+            span.set_attributes({"mimir.lens.outcome": outcome, "mimir.lens.retries": retries})
+            if outcome != "ok":
+                span.set_status(Status(StatusCode.ERROR, outcome))
+            otel_context.detach(span_token)
+            span.end()
             if self.on_call is not None:
                 self.on_call(op, outcome, seconds, retries)
 
@@ -490,9 +545,9 @@ class HttpLens(LensBackend):
         Cancelling stops the polling only: Lens has no job-cancel API, so the job runs on.
         """
         body = {"path": str(path), "name": name, "rev": rev, "seed": seed}
-        job: dict[str, Any] = self._request("index_submit", "POST", "/api/v1/repos", json=body, retry=False)[
-            "job"
-        ]
+        job: dict[str, Any] = self._request(
+            "index_submit", "POST", "/api/v1/repos", json=body, retry=False, pinned=True
+        )["job"]
         last: tuple[str, int, int] | None = None
         while True:
             stage = job.get("progress") or {}
@@ -517,7 +572,9 @@ class HttpLens(LensBackend):
             if should_stop is not None and should_stop():
                 raise Cancelled(f"stopped waiting for index job {job['id']} ({name!r}); it continues in Lens")
             time.sleep(self.poll_interval)
-            job = self._request("index_poll", "GET", f"/api/v1/jobs/{quote(job['id'], safe='')}")["job"]
+            job = self._request(
+                "index_poll", "GET", f"/api/v1/jobs/{quote(job['id'], safe='')}", pinned=True
+            )["job"]
 
     def search(
         self,
@@ -632,5 +689,6 @@ __all__ = [
     "LensRequestError",
     "LensUnavailable",
     "NotSupported",
+    "fallback_ready",
     "make_lens_backend",
 ]

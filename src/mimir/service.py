@@ -7,9 +7,11 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from infra.cache import JsonCache, cache_key
 from lens.engine import check_allowed
 from mimir.bundle import extract_bundle
 from mimir.config import MimirSettings
@@ -24,7 +26,9 @@ from mimir.research.evidence import Degradation, IndexEvidence
 from mimir.research.llm import LLMClient, llm_from_settings
 from mimir.research.repomap import render_from_db
 from mimir.research.search import search_repo
+from mimir.serve import metrics
 from mimir.store import IndexRecord
+from mimir.store.querylog import record_query
 
 
 class Mimir:
@@ -42,9 +46,12 @@ class Mimir:
         self.lens = lens or lens_backend(self.settings)
         self.llm = llm if llm is not None else llm_from_settings(self.settings)
         self._evidence: dict[tuple[str, float], IndexEvidence] = {}
+        # "search"/"ask" -> result cache; empty (no caching) until a server installs them at start.
+        self.result_caches: dict[str, JsonCache] = {}
 
     def close(self) -> None:
         self.manager.close()
+        self.store.close()
 
     # -- indexing ---------------------------------------------------------------------
     def ensure_repo_index(self, path: str, rev: str = "HEAD", force: bool = False) -> dict[str, Any]:
@@ -165,6 +172,21 @@ class Mimir:
             self._evidence[key] = ev
         return ev
 
+    def _cached(
+        self, kind: str, ev: IndexEvidence, compute: Callable[[], dict[str, Any]], args: list[Any]
+    ) -> dict[str, Any]:
+        """``compute()`` through the ``kind`` result cache, when installed; degraded answers are never stored.
+
+        The key holds the index's generation (updated_at, latest_run), so a re-index invalidates.
+        """
+        cache = self.result_caches.get(kind)
+        if cache is None:
+            return compute()
+        rec = ev.record
+        key = cache_key(kind, rec.index_id, rec.updated_at, rec.latest_run, args)
+        out: dict[str, Any] = cache.get_or_compute(key, compute, cacheable=lambda v: not v.get("degraded"))
+        return out
+
     def search_repo(
         self,
         index_id: str,
@@ -173,7 +195,9 @@ class Mimir:
         mode: str = "hybrid",
         context_lines: int = 5,
         token_budget: int | None = None,
+        principal: str | None = None,
     ) -> dict[str, Any]:
+        started = time.perf_counter()
         if not query.strip():
             raise BadRequest("query must not be empty", details={"query": query})
         if not 1 <= k <= 200:
@@ -182,23 +206,41 @@ class Mimir:
             raise BadRequest(
                 "context_lines must be between 0 and 50", details={"context_lines": context_lines}
             )
-        return search_repo(
-            self.evidence(index_id),
-            query,
-            k=k,
-            mode=mode,
-            context_lines=context_lines,
-            token_budget=token_budget,
+        ev = self.evidence(index_id)
+        result = self._cached(
+            "search",
+            ev,
+            lambda: search_repo(
+                ev, query, k=k, mode=mode, context_lines=context_lines, token_budget=token_budget
+            ),
+            [query, k, mode, context_lines, token_budget],
         )
+        metrics.SEARCHES.labels(mode=mode).inc()
+        record_query(self.store, "search", index_id, query, k, started, result, principal)
+        return result
 
     def ask_index(
-        self, index_id: str, question: str, max_hops: int = 3, token_budget: int | None = None
+        self,
+        index_id: str,
+        question: str,
+        max_hops: int = 3,
+        token_budget: int | None = None,
+        principal: str | None = None,
     ) -> dict[str, Any]:
+        started = time.perf_counter()
         if not question.strip():
             raise BadRequest("question must not be empty", details={"question": question})
-        return ask_index(
-            self.evidence(index_id), question, max_hops=max_hops, token_budget=token_budget, llm=self.llm
+        ev = self.evidence(index_id)
+        llm = [self.llm.provider, self.llm.url, self.llm.model] if self.llm is not None else None
+        answer = self._cached(
+            "ask",
+            ev,
+            lambda: ask_index(ev, question, max_hops=max_hops, token_budget=token_budget, llm=self.llm),
+            [question, max_hops, token_budget, llm],
         )
+        metrics.ASKS.inc()
+        record_query(self.store, "ask", index_id, question, None, started, answer, principal)
+        return answer
 
     def find_symbol(self, index_id: str, name: str, limit: int = 20) -> dict[str, Any]:
         ev = self.evidence(index_id)

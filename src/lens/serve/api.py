@@ -6,6 +6,8 @@ status the error type names; a bad query is a 400 naming the position, never a 5
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import os
 import time
@@ -18,22 +20,27 @@ import anyio
 import anyio.to_thread
 from fastapi import FastAPI, Query, Request, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
+from infra.health import Readiness
+from infra.observability.http import ObservabilityMiddleware
+from infra.observability.metrics import exposition, set_build_info
+from infra.ratelimit import make_rate_limiter
 from lens import __version__
 from lens.config import LensSettings
 from lens.engine import Lens
 from lens.errors import BadRequest, LensError, Unauthorized
 from lens.serve import metrics
+from lens.serve.cache import install_search_cache
 from lens.serve.http_common import (
-    bearer_ok,
-    error_response,
+    BodySizeLimit,
+    RequestGate,
+    admission,
     install_error_handlers,
     is_loopback,
-    token_hashes,
 )
 from lens.serve.jobs import JobRunner
+from lens.ship.runtime import shipping_for
 
 log = logging.getLogger("lens.api")
 ModeName = Literal["exact", "ranked", "semantic", "hybrid"]
@@ -63,61 +70,69 @@ class IndexRequest(BaseModel):
 
 def create_app(lens: Lens | None = None, settings: LensSettings | None = None) -> FastAPI:
     settings = settings or (lens.settings if lens else LensSettings())
-    engine = lens or Lens(settings)
-    tokens = settings.tokens()
-    if not tokens and not is_loopback(settings.host):
+    authenticator = admission(settings, log)  # refuses unsafe settings in staging/production
+    if not authenticator.enabled and not is_loopback(settings.host):
         raise LensError(
             f"refusing to serve on {settings.host} without LENS_API_TOKENS: auth may be off only on loopback"
         )
-    hashes = token_hashes(tokens)
+    engine = lens or Lens(settings)
+    shipping = shipping_for(engine.catalog, settings)  # LENS_ROLE indexer/searcher: NATS shard shipping
+    rate_limiter = make_rate_limiter(
+        settings.redis_url,
+        settings.rate_limit_per_minute,
+        f"{settings.nats_namespace}:lens",
+        on_error=metrics.RATE_LIMITER_ERRORS.inc,
+    )
+    gate = RequestGate(
+        authenticator,
+        rate_limiter,
+        realm="lens",
+        public_paths=_PUBLIC_PATHS,
+        on_limited=metrics.RATE_LIMITED.inc,
+    )
     runner_box: dict[str, JobRunner] = {}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        runner_box["runner"] = JobRunner(engine)
-        metrics.BUILD_INFO.info({"version": __version__})
+        runner_box["runner"] = JobRunner(engine, on_success=shipping.after_index if shipping else None)
+        set_build_info(metrics.BUILD_INFO, __version__)
         for info in engine.repos():
             metrics.SHARD_GENERATION.labels(repo=info["name"]).set(info["generation"] or 0)
             metrics.REPO_FILES.labels(repo=info["name"]).set(info["files"] or 0)
+        if shipping is not None:
+            shipping.start(readiness)
         yield
         runner_box["runner"].close()
+        if shipping is not None:
+            shipping.close()
+        gate.close()
+        search_cache.close()
 
     app = FastAPI(
         title="Lens",
         version=__version__,
         lifespan=lifespan,
         description="Code search: literal, regex, symbol, ranked (BM25) and semantic queries.",
+        # Server spans come from infra.observability.http (one per request, ids in the logs).
+        telemetry={"tracing": False},
     )
+    # Probes beyond the built-in checks of /ready; each dependency adds its own where it is created.
+    app.state.readiness = readiness = Readiness()
+    search_cache = install_search_cache(engine, settings, readiness)
 
     def runner() -> JobRunner:
         return runner_box["runner"]
 
+    # Inside the guard: a caller is authenticated before its body is read.
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+
     @app.middleware("http")
     async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        started = time.perf_counter()
-        metrics.HTTP_IN_FLIGHT.inc()
-        status = 500
-        try:
-            length = request.headers.get("content-length")
-            if length and length.isdigit() and int(length) > settings.max_request_bytes:
-                response: Response = error_response(
-                    413, "too_large", f"request body over {settings.max_request_bytes} bytes"
-                )
-            elif hashes and request.url.path not in _PUBLIC_PATHS and not _authorized(request, hashes):
-                response = error_response(401, "unauthorized", "missing or invalid bearer token")
-                response.headers["WWW-Authenticate"] = 'Bearer realm="lens"'
-            else:
-                response = await call_next(request)
-            status = response.status_code
-            return response
-        finally:
-            route = request.scope.get("route")
-            template = getattr(route, "path", "unmatched")
-            metrics.HTTP_IN_FLIGHT.dec()
-            metrics.HTTP_REQUESTS.labels(route=template, method=request.method, status=str(status)).inc()
-            metrics.HTTP_LATENCY.labels(route=template, method=request.method).observe(
-                time.perf_counter() - started
-            )
+        refusal = await gate.refusal(request.scope)  # 401/403/429; sets request.state.principal
+        return refusal if refusal is not None else await call_next(request)
+
+    # Added last, so it wraps the guard: refused requests are counted, traced and logged too.
+    app.add_middleware(ObservabilityMiddleware, metrics=metrics.HTTP, logger_name="lens.http")
 
     def count_bad_query(exc: LensError) -> None:
         if exc.status == 400:
@@ -148,7 +163,9 @@ def create_app(lens: Lens | None = None, settings: LensSettings | None = None) -
 
     async def run_search_limited(req: SearchRequest) -> dict[str, Any]:
         """Searches are CPU-bound: a few at a time finish sooner than many interleaved (GIL)."""
-        return await anyio.to_thread.run_sync(run_search, req, limiter=limiter)
+        params = req.model_dump(exclude={"timeout_ms"})  # a search that finished is the same under any budget
+        compute = functools.partial(run_search, req)
+        return await anyio.to_thread.run_sync(search_cache.search, params, compute, limiter=limiter)
 
     @app.get("/api/v1/search", tags=["search"])
     async def search_get(
@@ -175,6 +192,8 @@ def create_app(lens: Lens | None = None, settings: LensSettings | None = None) -
         from lens.engine import check_allowed
         from lens.index.catalog import validate_name
 
+        if shipping is not None:
+            shipping.check_writable("index requests")
         path = check_allowed(Path(req.path), settings.roots())
         name = validate_name(req.name or path.name)
         if not path.is_dir():
@@ -197,7 +216,11 @@ def create_app(lens: Lens | None = None, settings: LensSettings | None = None) -
 
     @app.delete("/api/v1/repos/{name}", tags=["repos"])
     def delete_repo(name: str) -> dict[str, Any]:
+        if shipping is not None:
+            shipping.check_writable("deletes")
         engine.remove(name)
+        if shipping is not None:
+            shipping.after_delete(name)
         return {"deleted": name}
 
     @app.get("/api/v1/repos/{name}/files/{path:path}", tags=["repos"])
@@ -235,19 +258,21 @@ def create_app(lens: Lens | None = None, settings: LensSettings | None = None) -
             "queued": runner().pending() if alive else None,
         }
         ok = ok and alive
+        probes_ok, probed = readiness.report()
+        checks.update(probed)
+        ok = ok and probes_ok
         return JSONResponse(
             {"status": "ready" if ok else "not_ready", "checks": checks}, status_code=200 if ok else 503
         )
 
     @app.get("/metrics", tags=["ops"])
     def prometheus_metrics() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        with contextlib.suppress(OSError):
+            metrics.SHARDS.set(len(engine.catalog.names()))
+        body, content_type = exposition()
+        return Response(body, media_type=content_type)
 
     return app
-
-
-def _authorized(request: Request, hashes: list[bytes]) -> bool:
-    return bearer_ok(request.headers.get("authorization", ""), hashes)
 
 
 __all__ = ["Unauthorized", "create_app", "is_loopback"]

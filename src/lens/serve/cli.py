@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -16,6 +18,9 @@ from rich.text import Text
 from lens.config import LensSettings
 from lens.engine import Lens
 from lens.errors import LensError
+
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Lens: code search (index, search, serve)."
@@ -176,25 +181,81 @@ def rm(name: Annotated[str, typer.Argument(help="Repository name")]) -> None:
 def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (default LENS_HOST or 127.0.0.1)")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default LENS_PORT or 3000)")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes (metrics are merged over them)")] = 1,
+    role: Annotated[
+        str | None,
+        typer.Option(help="all (index + search), indexer (publish shards), searcher (serve shipped shards)"),
+    ] = None,
 ) -> None:
     """Serve the HTTP API."""
-    import uvicorn
-
-    from lens.serve.api import create_app
+    from infra.observability.process import prepare_multiprocess_dir, serve
 
     overrides: dict[str, Any] = {}
     if host:
         overrides["host"] = host
     if port:
         overrides["port"] = port
-    settings = LensSettings(**overrides)
+    if role:
+        overrides["role"] = role
+    for key, value in overrides.items():  # workers are fresh interpreters: they read the environment
+        os.environ[f"LENS_{key.upper()}"] = str(value)
+    prepare_multiprocess_dir(workers=workers)  # before any metric exists in this process
+    from lens.serve.api import create_app
+
     try:
+        settings = LensSettings(**overrides)
+    except ValueError as exc:  # *_FILE conflicts, unreadable secret files, invalid values
+        err.print(f"error: configuration: {exc}", markup=False, highlight=False)
+        raise typer.Exit(1) from None
+    _setup_observability(settings)
+    try:
+        # Built here even with N workers: a bad configuration fails now, with a message.
         application = create_app(Lens(settings), settings)
     except LensError as exc:
         _fail(exc, False)
         return
-    err.print(f"Lens listening on http://{settings.host}:{settings.port} (data: {settings.data_dir})")
-    uvicorn.run(application, host=settings.host, port=settings.port, log_level="warning")
+    logging.getLogger("lens.serve").info(
+        "Lens listening on http://%s:%d (data: %s)", settings.host, settings.port, settings.data_dir
+    )
+    serve(
+        application if workers == 1 else None,
+        factory="lens.serve.cli:asgi_app",
+        host=settings.host,
+        port=settings.port,
+        workers=workers,
+        log_level=settings.log_level,
+    )
+
+
+def _setup_observability(settings: LensSettings) -> None:
+    from infra.observability.process import setup_process
+    from lens import __version__
+
+    setup_process("lens", __version__, settings)
+
+
+def asgi_app() -> ASGIApp:
+    """The app of one ``lens serve --workers N`` worker process (settings from the environment)."""
+    from infra.observability.process import ShutdownHooks
+    from lens.serve.api import create_app
+
+    settings = LensSettings()
+    _setup_observability(settings)
+    return ShutdownHooks(create_app(Lens(settings), settings))
+
+
+config_app = typer.Typer(no_args_is_help=True, help="Inspect the configuration (LENS_* variables).")
+app.add_typer(config_app, name="config")
+
+
+@config_app.command("check")
+def config_check(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object")] = False,
+) -> None:
+    """Print the effective settings (secrets masked) and every problem; exit 1 if there is any."""
+    from infra.config_cli import run_check
+
+    raise typer.Exit(run_check(LensSettings, "lens", as_json=as_json, console=out))
 
 
 def main() -> None:

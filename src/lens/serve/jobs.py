@@ -65,8 +65,12 @@ class Job:
 
 
 class JobRunner:
-    def __init__(self, lens: Lens, *, max_jobs_kept: int = 1000) -> None:
+    def __init__(
+        self, lens: Lens, *, max_jobs_kept: int = 1000, on_success: Callable[[Job], None] | None = None
+    ) -> None:
         self.lens = lens
+        # Runs before a job is marked succeeded (e.g. shipping the shard); raising fails the job.
+        self.on_success = on_success
         self._jobs: dict[str, Job] = {}
         self._queue: queue.Queue[Job | None] = queue.Queue()
         self._lock = threading.Lock()
@@ -148,6 +152,9 @@ class JobRunner:
                 }
                 metrics.INDEX_JOBS.labels(outcome="interrupted").inc()
                 return
+            if self.on_success is not None:
+                job.stage = "ship"
+                self.on_success(job)
             job.state, job.stage = "succeeded", "done"
             metrics.INDEX_JOBS.labels(outcome="succeeded").inc()
         except LensError as exc:

@@ -16,15 +16,18 @@ import platform
 import shutil
 import sqlite3
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from infra.observability import tracing
 from lens import __version__ as lens_version
 from lens.discover.filters import discover, load
 from lens.discover.model import SkipCounts
 from lens.discover.source import open_source
+from lens.ship.publisher import nats_publisher
 from mimir import __version__ as mimir_version
 from mimir.analyze import Analysis, analyze_repository, render_repo_map
 from mimir.analyze.model import FILE_KIND, SourceFile
@@ -32,7 +35,7 @@ from mimir.bundle import create_bundle
 from mimir.config import MimirSettings
 from mimir.lensclient import LensBackend, make_lens_backend
 from mimir.pipeline import research_db
-from mimir.store import SqliteStore
+from mimir.store import FileRow, MetadataStore, SymbolCount, store_for
 
 # (stage, share of the run's progress when it ends)
 STAGES: tuple[tuple[str, float], ...] = (
@@ -44,10 +47,6 @@ STAGES: tuple[tuple[str, float], ...] = (
     ("bundle", 1.0),
 )
 MAX_SNIPPET_LINES = 400
-
-
-def store_for(settings: MimirSettings) -> SqliteStore:
-    return SqliteStore(settings.data_dir / "mimir.sqlite")
 
 
 def index_dir(settings: MimirSettings, index_id: str) -> Path:
@@ -68,6 +67,13 @@ def lens_backend(settings: MimirSettings) -> LensBackend:
     )
 
 
+def build_backend(settings: MimirSettings) -> LensBackend:
+    """The Lens that search_index builds with: with NATS, this worker's own (in-process), then shipped."""
+    if not settings.nats_url:
+        return lens_backend(settings)
+    return make_lens_backend(None, data_dir=settings.data_dir / "lens", token=None, embed=settings.embed)
+
+
 @dataclass
 class RunState:
     settings: MimirSettings
@@ -80,7 +86,7 @@ class RunState:
     seed: str | None
     work: Path
     log: logging.Logger
-    store: SqliteStore
+    store: MetadataStore
     files: list[SourceFile] = field(default_factory=list)
     skipped: dict[str, int] = field(default_factory=dict)
     analysis: Any = None
@@ -102,9 +108,11 @@ def _stage_acquire(st: RunState) -> None:
     skips = SkipCounts()
     with open_source(st.root, rev=st.commit if st.commit else None) as source:
         entries = discover(source, skips=skips)
-        st.files = [
-            SourceFile(f.path, f.lang, f.content.decode("utf-8")) for f in load(source, entries, skips=skips)
-        ]
+        loaded = list(load(source, entries, skips=skips))
+    st.files = [SourceFile(f.path, f.lang, f.content.decode("utf-8")) for f in loaded]
+    st.store.put_files(
+        st.index_id, (FileRow(f.path, f.lang, len(f.content), f.sha256, f.oid or None) for f in loaded)
+    )
     st.skipped = skips.as_dict()
     st.counts["files"] = len(st.files)
     st.log.info("acquired %d files at %s (skipped %s)", len(st.files), st.commit, st.skipped)
@@ -167,6 +175,9 @@ def _stage_symbols(st: RunState) -> None:
             for e in edges
         ]
         st.counts["edges"] = research_db.insert_many(conn, "edges", edge_rows)
+        langs = {f.path: f.lang or "unknown" for f in st.files}
+        kinds = Counter((n.kind, langs.get(n.path, "unknown")) for n in nodes)
+        st.store.put_symbol_summary(st.index_id, (SymbolCount(k, lang, c) for (k, lang), c in kinds.items()))
         st.counts["refs"] = research_db.insert_many(
             conn, "refs", ((r.name, r.path, r.line, r.kind, r.enclosing) for r in a.references)
         )
@@ -186,15 +197,21 @@ def _stage_symbols(st: RunState) -> None:
 
 
 def _stage_search_index(st: RunState, should_stop: Callable[[], bool]) -> None:
-    backend = lens_backend(st.settings)
+    backend = build_backend(st.settings)
 
     def progress(stage: str, done: int, total: int) -> None:
         share = {"discover": 0.05, "index": 0.5, "embed": 1.0}.get(stage, 0.5)
         st.progress("search_index", share * (done / total if total else 1.0), f"lens {stage} {done}/{total}")
 
-    st.lens_report = backend.index(
-        st.root, st.lens_repo, rev=st.commit, seed=st.seed, progress=progress, should_stop=should_stop
-    )
+    settings = st.settings
+    with nats_publisher(settings.data_dir / "lens", settings.nats_url, settings.nats_namespace) as ship:
+        if ship is not None:  # build on the newest shipped shards, so this generation is newer still
+            ship.prime([st.lens_repo, st.seed])
+        st.lens_report = backend.index(
+            st.root, st.lens_repo, rev=st.commit, seed=st.seed, progress=progress, should_stop=should_stop
+        )
+        if ship is not None:  # the searchers behind LENS_URL serve what is shipped, before the run ends
+            st.lens_report["shipped"] = ship.publish(st.lens_repo).to_dict()
     st.counts["chunks"] = int(st.lens_report.get("chunks", 0))
     st.log.info("lens indexed %s: %s", st.lens_repo, {k: st.lens_report.get(k) for k in ("files", "chunks")})
 
@@ -219,7 +236,7 @@ def _stage_snippets(st: RunState) -> None:
 
 
 def _stage_bundle(st: RunState) -> dict[str, Any]:
-    backend = lens_backend(st.settings)
+    backend = build_backend(st.settings)
     members: dict[str, Path] = {
         "research.sqlite": st.work / "research.sqlite",
         "repomap.md": st.work / "repomap.md",
@@ -264,10 +281,19 @@ def _stage_bundle(st: RunState) -> dict[str, Any]:
 
 
 def run_pipeline(
-    settings: MimirSettings, index_id: str, run_id: str, should_stop: Callable[[], bool] = lambda: False
+    settings: MimirSettings,
+    index_id: str,
+    run_id: str,
+    should_stop: Callable[[], bool] = lambda: False,
+    *,
+    final_attempt: bool = True,
 ) -> dict[str, Any]:
-    """Execute one run end to end; on success the index directory holds its artifacts."""
-    store = store_for(settings)
+    """Execute one run end to end; on success the index directory holds its artifacts.
+
+    ``final_attempt=False`` (one attempt of a queued job): a failure records only its error and leaves
+    the run's state to the queue worker, which retries it or fails it for good.
+    """
+    store = store_for(settings, migrate=False)  # the process that started this worker migrated
     rec = store.get_index(index_id)
     work = settings.data_dir / "indexes" / f".tmp-{run_id}"
     shutil.rmtree(work, ignore_errors=True)
@@ -297,18 +323,19 @@ def run_pipeline(
             st.progress(stage, 0.0, f"{stage} started")
             store.stage_started(run_id, stage)
             t0 = time.perf_counter()
-            if stage == "acquire":
-                _stage_acquire(st)
-            elif stage == "repomap":
-                _stage_repomap(st)
-            elif stage == "symbols":
-                _stage_symbols(st)
-            elif stage == "search_index":
-                _stage_search_index(st, should_stop)
-            elif stage == "snippets":
-                _stage_snippets(st)
-            else:
-                manifest = _stage_bundle(st)
+            with tracing.span(f"pipeline {stage}", attributes={"mimir.stage": stage, "mimir.run_id": run_id}):
+                if stage == "acquire":
+                    _stage_acquire(st)
+                elif stage == "repomap":
+                    _stage_repomap(st)
+                elif stage == "symbols":
+                    _stage_symbols(st)
+                elif stage == "search_index":
+                    _stage_search_index(st, should_stop)
+                elif stage == "snippets":
+                    _stage_snippets(st)
+                else:
+                    manifest = _stage_bundle(st)
             seconds = time.perf_counter() - t0
             st.timings[stage] = round(seconds, 4)
             store.stage_finished(run_id, stage, seconds, "succeeded", {"counts": dict(st.counts)})
@@ -334,15 +361,17 @@ def run_pipeline(
         shutil.rmtree(work, ignore_errors=True)
         log.exception("run %s failed", run_id)
         cancelled = isinstance(exc, InterruptedError)
+        error = {"code": "cancelled" if cancelled else type(exc).__name__, "message": str(exc)}
+        if not final_attempt:
+            store.update_run(run_id, error=error)
+            raise
         store.update_run(
-            run_id,
-            state="cancelled" if cancelled else "failed",
-            error={"code": "cancelled" if cancelled else type(exc).__name__, "message": str(exc)},
-            finished_at=time.time(),
+            run_id, state="cancelled" if cancelled else "failed", error=error, finished_at=time.time()
         )
         store.set_index_status(index_id, "cancelled" if cancelled else "failed")
         raise
     finally:
+        store.close()
         for h in list(log.handlers):
             h.close()
             log.removeHandler(h)

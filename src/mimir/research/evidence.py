@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mimir.errors import BadRequest, LensDown, UnknownIndex
-from mimir.lensclient import LensBackend, LensRequestError, LensUnavailable
+from mimir.lensclient import LensBackend, LensRequestError, LensUnavailable, fallback_ready
 from mimir.pipeline import research_db
 from mimir.research.citations import cite, span_sha256
 from mimir.store import IndexRecord
@@ -155,7 +155,8 @@ class IndexEvidence:
     def read_lines(self, path: str, start: int, end: int, deg: Degradation) -> tuple[list[str], str] | None:
         """Lines [start, end] at the indexed commit: from Lens, else from a stored snippet."""
         try:
-            data = self.lens.read_file(self.record.lens_repo, path, start, end)
+            with fallback_ready():  # stored snippets answer when Lens cannot
+                data = self.lens.read_file(self.record.lens_repo, path, start, end)
             return list(data["lines"]), "lens"
         except LensRequestError as exc:
             if exc.code == "not_found":

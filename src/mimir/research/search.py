@@ -14,7 +14,7 @@ from typing import Any
 
 from lens.parse.tokens import query_tokens
 from mimir.analyze.tokens import estimate_tokens
-from mimir.lensclient import LensRequestError, LensUnavailable
+from mimir.lensclient import LensRequestError, LensUnavailable, fallback_ready
 from mimir.research.evidence import Degradation, IndexEvidence, SymbolRow
 
 # Fusion parameters, chosen with benchmarks/quality.py on django: among django's best settings
@@ -87,7 +87,8 @@ def _lens_signal(
 ) -> list[dict[str, Any]]:
     lens_mode = {"exact": "exact", "bm25": "ranked", "semantic": "semantic"}[mode]
     try:
-        res = ev.lens.search(lens_query, mode=lens_mode, limit=k, context=0, repos=[ev.record.lens_repo])
+        with fallback_ready():  # the other signals answer without this one
+            res = ev.lens.search(lens_query, mode=lens_mode, limit=k, context=0, repos=[ev.record.lens_repo])
     except LensUnavailable as exc:
         deg.add("lens", f"{mode}: {exc}")
         deg.add(mode, f"{mode}: {exc}")

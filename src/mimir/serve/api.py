@@ -10,47 +10,53 @@ of client work against the same endpoint -- 2026-era clients that never initiali
 handshake-era clients that initialize first, and handshake-era clients that skip the
 handshake. Progress notifications still flow (on the POST's SSE response); what
 stateless mode gives up is server-to-client requests (sampling, elicitation), which
-Mimir does not use. Auth and metrics are a pure ASGI middleware rather than
-``@app.middleware("http")``, so the long-lived SSE responses of ``/mcp`` stream
-through untouched.
+Mimir does not use. Auth and observability (infra.observability.http) are pure ASGI
+middleware rather than ``@app.middleware("http")``, so the long-lived SSE responses of
+``/mcp`` stream through untouched.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Literal
 
-from fastapi import FastAPI, Query, Response
+from fastapi import FastAPI, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp
 from mcp.server.transport_security import TransportSecuritySettings
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from lens.errors import LensError, NotFound
+from infra.auth import WELL_KNOWN_PATH, protected_resource_metadata, request_base_url, split_scopes
+from infra.health import Readiness
+from infra.observability.http import ObservabilityMiddleware
+from infra.observability.metrics import exposition, set_build_info
+from infra.ratelimit import make_rate_limiter
+from lens.errors import BadRequest, LensError, NotFound
 from lens.serve.http_common import (
-    bearer_ok,
-    error_response,
+    BodySizeLimit,
+    RequestGate,
+    admission,
     install_error_handlers,
     is_loopback,
-    token_hashes,
 )
 from mimir import __version__
 from mimir.config import MimirSettings
 from mimir.serve import metrics
+from mimir.serve.cache import install_cache
 from mimir.serve.mcp import build_mcp_server
 from mimir.service import Mimir
+from mimir.store.audit import audited, principal_name
 
 log = logging.getLogger("mimir.api")
 ModeName = Literal["hybrid", "exact", "ranked", "semantic"]
 PUBLIC_PATHS = frozenset(
     {"/health", "/ready", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+    | {WELL_KNOWN_PATH}
 )
 MCP_PATH = "/mcp"
 
@@ -100,52 +106,27 @@ class VerifyRequest(BaseModel):
 
 
 # -- helpers ----------------------------------------------------------------------------
-def _authorized(headers: list[tuple[bytes, bytes]], hashes: list[bytes]) -> bool:
-    value = next((v for k, v in headers if k == b"authorization"), b"").decode("latin-1")
-    return bearer_ok(value, hashes)
+def _principal(request: Request) -> object:
+    """The caller the auth gate put on the request (None when auth is off: "anonymous")."""
+    return getattr(request.state, "principal", None)
 
 
 class GuardMiddleware:
-    """Bearer auth for everything but the public paths, plus request metrics (pure ASGI)."""
+    """Auth then rate limit (http_common.RequestGate) but on public paths (pure ASGI; metrics elsewhere)."""
 
-    def __init__(self, app: ASGIApp, token_hashes: list[bytes]) -> None:
+    def __init__(self, app: ASGIApp, gate: RequestGate) -> None:
         self.app = app
-        self.token_hashes = token_hashes
+        self.gate = gate
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = time.perf_counter()
-        status = 500
-
-        async def send_and_watch(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-            await send(message)
-
-        metrics.HTTP_IN_FLIGHT.inc()
-        try:
-            path: str = scope["path"]
-            if (
-                self.token_hashes
-                and path not in PUBLIC_PATHS
-                and not _authorized(scope["headers"], self.token_hashes)
-            ):
-                response = error_response(401, "unauthorized", "missing or invalid bearer token")
-                response.headers["WWW-Authenticate"] = 'Bearer realm="mimir"'
-                await response(scope, receive, send_and_watch)
-                return
-            await self.app(scope, receive, send_and_watch)
-        finally:
-            metrics.HTTP_IN_FLIGHT.dec()
-            route = getattr(scope.get("route"), "path", None)
-            if route is None:
-                route = MCP_PATH if scope["path"].rstrip("/") == MCP_PATH else "unmatched"
-            method = scope.get("method", "")
-            metrics.HTTP_REQUESTS.labels(route=route, method=method, status=str(status)).inc()
-            metrics.HTTP_LATENCY.labels(route=route, method=method).observe(time.perf_counter() - started)
+        refusal = await self.gate.refusal(scope)  # 401/403/429; sets scope["state"]["principal"]
+        if refusal is not None:
+            await refusal(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 def _transport_security(host: str) -> TransportSecuritySettings:
@@ -163,8 +144,8 @@ def _transport_security(host: str) -> TransportSecuritySettings:
 def create_app(mimir: Mimir | None = None, settings: MimirSettings | None = None) -> FastAPI:
     """Build the app; raises :class:`InsecureBind` for a non-loopback host without tokens."""
     settings = settings or (mimir.settings if mimir is not None else MimirSettings())
-    tokens = settings.tokens()
-    if not tokens and not is_loopback(settings.host):
+    authenticator = admission(settings, log)  # refuses unsafe settings in staging/production
+    if not authenticator.enabled and not is_loopback(settings.host):
         raise InsecureBind(
             f"refusing to serve on {settings.host} without MIMIR_API_TOKENS: auth may be off only on "
             "loopback (set MIMIR_API_TOKENS=<token>[,<token>...] or bind to 127.0.0.1)",
@@ -183,10 +164,24 @@ def create_app(mimir: Mimir | None = None, settings: MimirSettings | None = None
     )
     session_manager = mcp_server.session_manager
     state: dict[str, bool] = {"mcp": False}
+    gate = RequestGate(
+        authenticator,
+        make_rate_limiter(
+            settings.redis_url,
+            settings.rate_limit_per_minute,
+            f"{settings.nats_namespace}:mimir",
+            on_error=metrics.RATE_LIMITER_ERRORS.inc,
+        ),
+        realm="mimir",
+        on_limited=metrics.RATE_LIMITED.inc,
+        public_paths=PUBLIC_PATHS,
+        resource_metadata=bool(settings.jwt_issuer),
+        public_url=settings.public_url,
+    )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        metrics.BUILD_INFO.info({"version": __version__})
+        set_build_info(metrics.BUILD_INFO, __version__)
         async with session_manager.run():
             state["mcp"] = True
             try:
@@ -195,6 +190,9 @@ def create_app(mimir: Mimir | None = None, settings: MimirSettings | None = None
                 state["mcp"] = False
         if owned:
             service.close()
+        gate.close()
+        if cache is not None:
+            cache.close()
 
     app = FastAPI(
         title="Mimir",
@@ -202,19 +200,48 @@ def create_app(mimir: Mimir | None = None, settings: MimirSettings | None = None
         lifespan=lifespan,
         description="Code research over indexed git repositories: search, multi-hop questions, symbols, "
         "citations. The same tools are available over MCP (Streamable HTTP) at /mcp.",
+        # Server spans come from infra.observability.http (one per request, ids in the logs).
+        telemetry={"tracing": False},
     )
     app.state.mimir = service
-    app.add_middleware(GuardMiddleware, token_hashes=token_hashes(tokens))
+    # Probes beyond the built-in checks of /ready; each dependency adds its own where it is created.
+    app.state.readiness = readiness = Readiness()
+    cache = install_cache(service, readiness)
+    # The index work queue (NATS JetStream): required in queue mode, "disabled" otherwise.
+    readiness.add("queue", service.manager.queue_probe, required=service.manager.queue_mode)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)  # inside: auth comes first
+    app.add_middleware(GuardMiddleware, gate=gate)
+    # Added last, so it wraps the guard: refused requests are counted, traced and logged too.
+    app.add_middleware(ObservabilityMiddleware, metrics=metrics.HTTP, logger_name="mimir.http")
     # A plain Starlette route (not a Mount) so "/mcp" itself matches without a slash redirect.
     app.router.routes.append(Route(MCP_PATH, StreamableHTTPASGIApp(session_manager), include_in_schema=False))
 
     install_error_handlers(app, log)
 
+    def check_length(what: str, text: str) -> None:
+        if len(text) > settings.max_query_length:
+            raise BadRequest(
+                f"{what} is too long ({len(text)} characters, at most {settings.max_query_length})",
+                details={"max_query_length": settings.max_query_length},
+            )
+
+    issuer = settings.jwt_issuer
+    if issuer:
+
+        @app.get(WELL_KNOWN_PATH, tags=["ops"])
+        def protected_resource(request: Request) -> dict[str, Any]:
+            """OAuth protected resource metadata (RFC 9728): which authorization server issues tokens."""
+            base = request_base_url(request.url.scheme, request.scope["headers"], settings.public_url)
+            return protected_resource_metadata(base, issuer, split_scopes(settings.jwt_required_scope))
+
     # -- indexing ---------------------------------------------------------------------
     @app.post("/api/index/repository", status_code=202, tags=["indexing"])
-    def index_repository(req: IndexRequest) -> dict[str, Any]:
+    def index_repository(req: IndexRequest, request: Request) -> dict[str, Any]:
         """Start (or reuse) the index of a repository at a revision; poll GET /api/jobs/{id}."""
-        out = service.ensure_repo_index(req.path, req.rev, req.force)
+        detail = {"rev": req.rev, "force": req.force}
+        with audited(service.store, "index", _principal(request), req.path, detail) as entry:
+            out = service.ensure_repo_index(req.path, req.rev, req.force)
+            entry.detail.update(index_id=out["index_id"], reused=out.get("reused"))
         return {"job": out.get("run"), **{k: v for k, v in out.items() if k != "run"}}
 
     @app.get("/api/jobs/{job_id}", tags=["indexing"])
@@ -226,17 +253,21 @@ def create_app(mimir: Mimir | None = None, settings: MimirSettings | None = None
         return {"indexes": service.list_indexes()}
 
     @app.post("/api/indexes/import", tags=["indexing"])
-    def import_bundle(req: ImportRequest) -> dict[str, Any]:
+    def import_bundle(req: ImportRequest, request: Request) -> dict[str, Any]:
         """Register another Mimir's bundle so its index is searchable here, offline."""
-        return service.import_bundle(req.path)
+        with audited(service.store, "import", _principal(request), req.path) as entry:
+            out = service.import_bundle(req.path)
+            entry.detail.update(index_id=out.get("index_id"), imported=out.get("imported"))
+        return out
 
     @app.get("/api/indexes/{index_id}", tags=["indexing"])
     def index_status(index_id: str) -> dict[str, Any]:
         return service.index_status(index_id)
 
     @app.post("/api/indexes/{index_id}/cancel", tags=["indexing"])
-    def cancel(index_id: str) -> dict[str, Any]:
-        return service.cancel(index_id)
+    def cancel(index_id: str, request: Request) -> dict[str, Any]:
+        with audited(service.store, "cancel", _principal(request), index_id):
+            return service.cancel(index_id)
 
     @app.get("/api/indexes/{index_id}/manifest", tags=["indexing"])
     def manifest(index_id: str) -> dict[str, Any]:
@@ -257,7 +288,8 @@ def create_app(mimir: Mimir | None = None, settings: MimirSettings | None = None
 
     # -- research ---------------------------------------------------------------------
     @app.post("/api/search", tags=["research"])
-    def search(req: SearchRequest) -> dict[str, Any]:
+    def search(req: SearchRequest, request: Request) -> dict[str, Any]:
+        check_length("query", req.query)
         return service.search_repo(
             req.index_id,
             req.query,
@@ -265,12 +297,18 @@ def create_app(mimir: Mimir | None = None, settings: MimirSettings | None = None
             mode=req.mode,
             context_lines=req.context_lines,
             token_budget=req.token_budget,
+            principal=principal_name(_principal(request)),
         )
 
     @app.post("/api/ask", tags=["research"])
-    def ask(req: AskRequest) -> dict[str, Any]:
+    def ask(req: AskRequest, request: Request) -> dict[str, Any]:
+        check_length("question", req.question)
         return service.ask_index(
-            req.index_id, req.question, max_hops=req.max_hops, token_budget=req.token_budget
+            req.index_id,
+            req.question,
+            max_hops=req.max_hops,
+            token_budget=req.token_budget,
+            principal=principal_name(_principal(request)),
         )
 
     @app.get("/api/indexes/{index_id}/symbols", tags=["research"])
@@ -312,12 +350,9 @@ def create_app(mimir: Mimir | None = None, settings: MimirSettings | None = None
     @app.get("/ready", tags=["ops"])
     def ready() -> JSONResponse:
         checks: dict[str, Any] = {}
-        ok = True
-        try:
-            checks["store"] = {"status": "ok", "indexes": len(service.store.list_indexes())}
-        except Exception as exc:  # any store failure means not ready, whatever its type
-            ok = False
-            checks["store"] = {"status": "down", "error": str(exc)}
+        db = service.store.probe()  # SELECT 1 with a short timeout; never raises
+        ok = db.state != "down"
+        checks["store"] = {"status": db.state, **db.detail}
         lens = service.lens_status()
         reachable = bool(lens.get("reachable"))
         metrics.LENS_REACHABLE.set(1 if reachable else 0)
@@ -331,13 +366,17 @@ def create_app(mimir: Mimir | None = None, settings: MimirSettings | None = None
         ok = ok and reachable
         checks["mcp"] = {"status": "ok" if state["mcp"] else "down"}
         ok = ok and state["mcp"]
+        probes_ok, probed = readiness.report()
+        checks.update(probed)
+        ok = ok and probes_ok
         return JSONResponse(
             {"status": "ready" if ok else "not_ready", "checks": checks}, status_code=200 if ok else 503
         )
 
     @app.get("/metrics", tags=["ops"])
     def prometheus_metrics() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        body, content_type = exposition()
+        return Response(body, media_type=content_type)
 
     return app
 

@@ -9,6 +9,7 @@ stdio transport keeps that diversion up while serving).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -26,6 +27,8 @@ from lens.errors import LensError
 from mimir.config import MimirSettings
 
 if TYPE_CHECKING:
+    from starlette.types import ASGIApp
+
     from mimir.service import Mimir
 
 app = typer.Typer(
@@ -95,27 +98,62 @@ def mcp() -> None:
 def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (default MIMIR_HOST or 127.0.0.1)")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default MIMIR_PORT or 8000)")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes (metrics are merged over them)")] = 1,
 ) -> None:
     """Serve the REST API and MCP (Streamable HTTP at /mcp)."""
-    import uvicorn
+    from infra.observability.process import prepare_multiprocess_dir, serve
 
-    from mimir.serve.api import create_app
-
-    _logging()
     overrides: dict[str, Any] = {}
     if host:
         overrides["host"] = host
     if port:
         overrides["port"] = port
-    settings = MimirSettings(**overrides)
+    for key, value in overrides.items():  # workers are fresh interpreters: they read the environment
+        os.environ[f"MIMIR_{key.upper()}"] = str(value)
+    prepare_multiprocess_dir(workers=workers)  # before any metric exists in this process
+    from mimir.serve.api import create_app
+
     try:
+        settings = MimirSettings(**overrides)
+    except ValueError as exc:  # *_FILE conflicts, unreadable secret files, invalid values
+        err.print(f"error: configuration: {exc}", markup=False, highlight=False)
+        raise typer.Exit(1) from None
+    _setup_observability(settings)
+    try:
+        # Built here even with N workers: a bad configuration fails now, with a message.
         application = create_app(settings=settings)
     except LensError as exc:
         _fail(exc, False)
         return
+    if workers > 1:
+        application.state.mimir.close()
     base = f"http://{settings.host}:{settings.port}"
-    err.print(f"Mimir listening on {base} (MCP at {base}/mcp)")
-    uvicorn.run(application, host=settings.host, port=settings.port, log_level="warning")
+    logging.getLogger("mimir.serve").info("Mimir listening on %s (MCP at %s/mcp)", base, base)
+    serve(
+        application if workers == 1 else None,
+        factory="mimir.serve.cli:asgi_app",
+        host=settings.host,
+        port=settings.port,
+        workers=workers,
+        log_level=settings.log_level,
+    )
+
+
+def _setup_observability(settings: MimirSettings) -> None:
+    from infra.observability.process import setup_process
+    from mimir import __version__
+
+    setup_process("mimir", __version__, settings)
+
+
+def asgi_app() -> ASGIApp:
+    """The app of one ``mimir serve --workers N`` worker process (settings from the environment)."""
+    from infra.observability.process import ShutdownHooks
+    from mimir.serve.api import create_app
+
+    settings = MimirSettings()
+    _setup_observability(settings)
+    return ShutdownHooks(create_app(settings=settings))
 
 
 def _run_label(run: dict[str, Any]) -> str:
@@ -282,6 +320,108 @@ def indexes(as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] 
             r["index_id"],
         )
     out.print(table)
+
+
+db_app = typer.Typer(
+    no_args_is_help=True,
+    help="The metadata database: PostgreSQL migrations (MIMIR_DATABASE_URL / DATABASE_URL).",
+)
+app.add_typer(db_app, name="db")
+
+
+def _database_url(settings: MimirSettings) -> str | None:
+    if not settings.database_url:
+        err.print(
+            f"no database URL set: metadata is in SQLite at {settings.data_dir / 'mimir.sqlite'},"
+            " whose schema is created when it is opened (set MIMIR_DATABASE_URL for PostgreSQL)"
+        )
+    return settings.database_url
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply pending migrations, each in its own transaction; prints the versions applied."""
+    from mimir.store.migrate import connect, upgrade
+
+    _logging()
+    settings = MimirSettings()
+    url = _database_url(settings)
+    if url is None:
+        return
+    try:
+        with connect(url, settings.db_timeout_s) as conn:
+            applied = upgrade(conn)
+    except LensError as exc:
+        _fail(exc, False)
+        return
+    for m in applied:
+        out.print(f"applied {m.version:04d}_{m.name}")
+    if not applied:
+        out.print("up to date")
+
+
+@db_app.command("status")
+def db_status(as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False) -> None:
+    """Show every migration: applied (when), pending, or changed since it was applied."""
+    from mimir.store.migrate import connect, status
+
+    _logging()
+    settings = MimirSettings()
+    url = _database_url(settings)
+    if url is None:
+        return
+    try:
+        with connect(url, settings.db_timeout_s) as conn:
+            states = status(conn)
+    except LensError as exc:
+        _fail(exc, as_json)
+        return
+    if as_json:
+        print(json.dumps({"migrations": [dataclasses.asdict(s) for s in states]}))
+    else:
+        table = Table("version", "name", "state")
+        for st in states:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(st.applied_at)) if st.applied_at else ""
+            state = "pending" if st.applied_at is None else f"applied {when} UTC"
+            if not st.known:
+                state += " (unknown to this build)"
+            elif not st.checksum_ok:
+                state += " [red](file changed since)[/red]"
+            table.add_row(f"{st.version:04d}", st.name, state)
+        out.print(table)
+    if any(st.known and not st.checksum_ok for st in states):
+        raise typer.Exit(1)
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[
+        int | None, typer.Option(min=1, help="Jobs run at once (default MIMIR_WORKER_CONCURRENCY)")
+    ] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Serve Prometheus metrics on MIMIR_HOST:PORT (default: off)")
+    ] = None,
+) -> None:
+    """Run index jobs from the NATS work queue (needs MIMIR_NATS_URL); SIGTERM hands unfinished ones back."""
+    from mimir.pipeline.dispatch import serve as serve_queue
+
+    settings = MimirSettings()
+    _setup_observability(settings)
+    raise typer.Exit(serve_queue(settings, concurrency=concurrency, metrics_port=metrics_port))
+
+
+config_app = typer.Typer(no_args_is_help=True, help="Inspect the configuration (MIMIR_* variables).")
+app.add_typer(config_app, name="config")
+
+
+@config_app.command("check")
+def config_check(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object")] = False,
+) -> None:
+    """Print the effective settings (secrets masked) and every problem; exit 1 if there is any."""
+    from infra.config_cli import run_check
+
+    raise typer.Exit(run_check(MimirSettings, "mimir", as_json=as_json, console=out))
 
 
 def main() -> None:

@@ -42,6 +42,7 @@ from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError
 from mcp_types import ToolAnnotations
 from pydantic import Field
 
+from infra.observability import tracing
 from lens.errors import LensError, NotFound
 from mimir import __version__
 from mimir.serve import metrics
@@ -125,23 +126,26 @@ async def run_blocking(tool: str, fn: Callable[[], T]) -> T:
 
 @asynccontextmanager
 async def metered(tool: str) -> AsyncIterator[None]:
-    """Count one tool call by outcome (ok, error, crash, cancelled) and time it."""
+    """Count one tool call by outcome (ok, error, crash, cancelled), time it, and trace it."""
     started = time.perf_counter()
     outcome = "crash"
-    try:
-        yield
-        outcome = "ok"
-    except InternalToolError:
-        raise
-    except ToolError:
-        outcome = "error"
-        raise
-    except anyio.get_cancelled_exc_class():
-        outcome = "cancelled"
-        raise
-    finally:
-        metrics.MCP_TOOL_CALLS.labels(tool=tool, outcome=outcome).inc()
-        metrics.MCP_TOOL_LATENCY.labels(tool=tool).observe(time.perf_counter() - started)
+    attrs = {"mcp.method.name": "tools/call", "gen_ai.tool.name": tool}
+    with tracing.span(f"tools/call {tool}", attributes=attrs) as current:
+        try:
+            yield
+            outcome = "ok"
+        except InternalToolError:
+            raise
+        except ToolError:
+            outcome = "error"
+            raise
+        except anyio.get_cancelled_exc_class():
+            outcome = "cancelled"
+            raise
+        finally:
+            current.set_attribute("mimir.tool.outcome", outcome)
+            metrics.MCP_TOOL_CALLS.labels(tool=tool, outcome=outcome).inc()
+            metrics.MCP_TOOL_LATENCY.labels(tool=tool, outcome=outcome).observe(time.perf_counter() - started)
 
 
 async def call_in_thread(tool: str, fn: Callable[[], T]) -> T:
