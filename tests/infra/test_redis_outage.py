@@ -263,3 +263,24 @@ def test_rate_limiter_fails_open_during_the_outage_then_limits_again(private_red
         assert len(fail_open) == 3
     finally:
         limiter.close()
+
+
+def test_lens_rate_limits_fail_open_visibly_while_redis_is_down(
+    lens_factory: Callable[..., Lens], private_redis: PrivateRedis
+) -> None:
+    engine = lens_factory(
+        embed=False, redis_url=private_redis.url, nats_namespace=fresh_prefix(), rate_limit_per_minute=2
+    )
+    with TestClient(create_lens_app(engine)) as client:
+        assert [client.get("/api/v1/repos").status_code for _ in range(3)] == [200, 200, 429]
+        assert client.get("/ready").json()["checks"]["rate_limiter"]["state"] == "ok"
+
+        private_redis.kill()
+        errors_before = metric(client, "lens_rate_limiter_errors_total")
+        assert [client.get("/api/v1/repos").status_code for _ in range(3)] == [200, 200, 200]
+        assert metric(client, "lens_rate_limiter_errors_total") >= errors_before + 1
+        limiter = client.get("/ready").json()["checks"]["rate_limiter"]
+        assert limiter["state"] == "degraded" and limiter["required"] is False
+
+        private_redis.start()
+        wait_for(lambda: client.get("/ready").json()["checks"]["rate_limiter"]["state"] == "ok")

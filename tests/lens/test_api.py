@@ -146,7 +146,7 @@ def test_failed_jobs_report_errors(client: TestClient, lens: Lens, make_repo: Ca
 
     # The worker survived both failures and still runs jobs.
     assert run({"path": str(repo)})["state"] == "succeeded"
-    assert client.get("/ready").json()["checks"]["index_worker"]["status"] == "ok"
+    assert client.get("/ready").json()["checks"]["index_worker"]["state"] == "ok"
     assert_error(
         client.post("/api/v1/repos", json={"path": str(repo), "name": "bad/name"}), 400, "bad_request"
     )
@@ -402,9 +402,9 @@ def test_ops_endpoints(indexed: TestClient) -> None:
     assert ready.status_code == 200
     body = ready.json()
     assert body["status"] == "ready"
-    assert body["checks"]["data_dir"]["status"] == "ok"
+    assert body["checks"]["data_dir"]["state"] == "ok"
     assert body["checks"]["data_dir"]["repos"] == 1
-    assert body["checks"]["index_worker"]["status"] == "ok"
+    assert body["checks"]["index_worker"]["state"] == "ok"
 
     route = {"route": "/api/v1/search", "method": "GET", "status": "200"}
     before = indexed.get("/metrics").text

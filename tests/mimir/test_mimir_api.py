@@ -152,14 +152,17 @@ def test_health_ready_openapi(client: TestClient) -> None:
     ready = client.get("/ready")
     assert ready.status_code == 200, ready.text
     checks = ready.json()["checks"]
-    assert checks["store"]["status"] == "ok"
+    assert checks["database"]["state"] == "ok" and checks["database"]["required"] is True
     assert checks["lens"] == {
-        "status": "ok",
+        "state": "ok",
+        "required": True,
+        "seconds": checks["lens"]["seconds"],
         "mode": "in_process",
         "breaker": None,
         "latency_ms": checks["lens"]["latency_ms"],
     }
-    assert checks["mcp"]["status"] == "ok"
+    assert checks["mcp"]["state"] == "ok"
+    assert checks["queue"]["state"] == "disabled"  # embedded default: no NATS
     paths = client.get("/openapi.json").json()["paths"]
     for p in (
         "/api/index/repository",
@@ -183,7 +186,7 @@ def test_ready_is_503_when_lens_is_down(settings: MimirSettings) -> None:
             resp = c.get("/ready")
             assert resp.status_code == 503
             lens = resp.json()["checks"]["lens"]
-            assert lens["status"] == "down" and lens["mode"] == "http" and lens["breaker"] == "closed"
+            assert lens["state"] == "down" and lens["mode"] == "http" and lens["breaker"] == "closed"
             assert lens["error"]
             status = c.get("/api/lens/status").json()
             assert status["reachable"] is False

@@ -335,14 +335,14 @@ def test_api_answers_503_while_the_database_is_down(
             assert body["error"]["message"].startswith("PostgreSQL is unavailable")
             ready = client.get("/ready")
             assert ready.status_code == 503
-            assert ready.json()["checks"]["store"]["status"] == "down"
+            assert ready.json()["checks"]["database"]["state"] == "down"
             cluster_restored.start()
             deadline = time.monotonic() + 10
             while (resp := client.get("/api/indexes")).status_code != 200:
                 assert time.monotonic() < deadline, resp.text
                 time.sleep(0.1)
             assert resp.json() == {"indexes": []}
-            assert client.get("/ready").json()["checks"]["store"]["status"] == "ok"
+            assert client.get("/ready").json()["checks"]["database"]["state"] == "ok"
     finally:
         service.close()
 

@@ -22,10 +22,11 @@ from fastapi import FastAPI, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from infra.health import Readiness
+from infra.health import ComponentState, Readiness
 from infra.observability.http import ObservabilityMiddleware
 from infra.observability.metrics import exposition, set_build_info
 from infra.ratelimit import make_rate_limiter
+from infra.ratelimit import readiness_probe as rate_limiter_probe
 from lens import __version__
 from lens.config import LensSettings
 from lens.engine import Lens
@@ -118,6 +119,17 @@ def create_app(lens: Lens | None = None, settings: LensSettings | None = None) -
     )
     # Probes beyond the built-in checks of /ready; each dependency adds its own where it is created.
     app.state.readiness = readiness = Readiness()
+    readiness.add("data_dir", lambda: ComponentState("ok", {"repos": len(engine.catalog.names())}))
+
+    def index_worker_probe() -> ComponentState:
+        box = runner_box.get("runner")
+        if box is None or not box._thread.is_alive():
+            return ComponentState("down", {"queued": None})
+        return ComponentState("ok", {"queued": box.pending()})
+
+    readiness.add("index_worker", index_worker_probe)
+    if rate_limiter is not None:
+        readiness.add("rate_limiter", rate_limiter_probe(rate_limiter), required=False)
     search_cache = install_search_cache(engine, settings, readiness)
 
     def runner() -> JobRunner:
@@ -244,23 +256,7 @@ def create_app(lens: Lens | None = None, settings: LensSettings | None = None) -
 
     @app.get("/ready", tags=["ops"])
     def ready() -> JSONResponse:
-        checks: dict[str, Any] = {}
-        ok = True
-        try:
-            names = engine.catalog.names()
-            checks["data_dir"] = {"status": "ok", "repos": len(names)}
-        except OSError as exc:
-            ok = False
-            checks["data_dir"] = {"status": "down", "error": str(exc)}
-        alive = "runner" in runner_box and runner_box["runner"]._thread.is_alive()
-        checks["index_worker"] = {
-            "status": "ok" if alive else "down",
-            "queued": runner().pending() if alive else None,
-        }
-        ok = ok and alive
-        probes_ok, probed = readiness.report()
-        checks.update(probed)
-        ok = ok and probes_ok
+        ok, checks = readiness.report()
         return JSONResponse(
             {"status": "ready" if ok else "not_ready", "checks": checks}, status_code=200 if ok else 503
         )

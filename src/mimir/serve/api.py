@@ -32,10 +32,11 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from infra.auth import WELL_KNOWN_PATH, protected_resource_metadata, request_base_url, split_scopes
-from infra.health import Readiness
+from infra.health import ComponentState, Readiness
 from infra.observability.http import ObservabilityMiddleware
 from infra.observability.metrics import exposition, set_build_info
 from infra.ratelimit import make_rate_limiter
+from infra.ratelimit import readiness_probe as rate_limiter_probe
 from lens.errors import BadRequest, LensError, NotFound
 from lens.serve.http_common import (
     BodySizeLimit,
@@ -206,6 +207,21 @@ def create_app(mimir: Mimir | None = None, settings: MimirSettings | None = None
     app.state.mimir = service
     # Probes beyond the built-in checks of /ready; each dependency adds its own where it is created.
     app.state.readiness = readiness = Readiness()
+    readiness.add("database", service.store.probe)  # SELECT 1 with a short timeout
+
+    def lens_probe() -> ComponentState:
+        lens = service.lens_status()
+        reachable = bool(lens.get("reachable"))
+        metrics.LENS_REACHABLE.set(1 if reachable else 0)
+        detail = {k: lens.get(k) for k in ("mode", "breaker", "latency_ms")}
+        if lens.get("error"):
+            detail["error"] = lens["error"]
+        return ComponentState("ok" if reachable else "down", detail)
+
+    readiness.add("lens", lens_probe)
+    readiness.add("mcp", lambda: ComponentState("ok" if state["mcp"] else "down"))
+    if gate.limiter is not None:
+        readiness.add("rate_limiter", rate_limiter_probe(gate.limiter), required=False)
     cache = install_cache(service, readiness)
     # The index work queue (NATS JetStream): required in queue mode, "disabled" otherwise.
     readiness.add("queue", service.manager.queue_probe, required=service.manager.queue_mode)
@@ -349,26 +365,7 @@ def create_app(mimir: Mimir | None = None, settings: MimirSettings | None = None
 
     @app.get("/ready", tags=["ops"])
     def ready() -> JSONResponse:
-        checks: dict[str, Any] = {}
-        db = service.store.probe()  # SELECT 1 with a short timeout; never raises
-        ok = db.state != "down"
-        checks["store"] = {"status": db.state, **db.detail}
-        lens = service.lens_status()
-        reachable = bool(lens.get("reachable"))
-        metrics.LENS_REACHABLE.set(1 if reachable else 0)
-        checks["lens"] = {
-            "status": "ok" if reachable else "down",
-            "mode": lens.get("mode"),
-            "breaker": lens.get("breaker"),
-            "latency_ms": lens.get("latency_ms"),
-            **({"error": lens.get("error")} if lens.get("error") else {}),
-        }
-        ok = ok and reachable
-        checks["mcp"] = {"status": "ok" if state["mcp"] else "down"}
-        ok = ok and state["mcp"]
-        probes_ok, probed = readiness.report()
-        checks.update(probed)
-        ok = ok and probes_ok
+        ok, checks = readiness.report()
         return JSONResponse(
             {"status": "ready" if ok else "not_ready", "checks": checks}, status_code=200 if ok else 503
         )
