@@ -17,6 +17,7 @@ import pytest
 import yaml
 from ops_support import (
     EXPORTER_PREFIXES,
+    OBSERVABILITY_DOC,
     Expression,
     Family,
     LiveStack,
@@ -246,3 +247,18 @@ def test_exporter_metric_names_are_real(exporters: dict[str, tuple[int, str]]) -
                 problems += _check_matcher(expr.source, sel.name, fam, m, set())
     assert checked >= 5
     assert not problems, "\n".join(problems)
+
+
+def test_every_exported_metric_is_documented(live_stack: LiveStack) -> None:
+    """docs/OBSERVABILITY.md names every metric the services export (the reverse direction)."""
+    doc = OBSERVABILITY_DOC.read_text()
+    undocumented: list[str] = []
+    for service, text in live_stack.scrapes.items():
+        for name, family in parse_exposition(text).items():
+            if name.startswith(("process_", "python_")) or name.endswith("_created"):
+                continue
+            shown = name + "_total" if family.type == "counter" else name
+            generic = "<svc>_" + shown.split("_", 1)[1]  # metrics both services export
+            if not any(f"`{n}`" in doc for n in (shown, name, generic)):
+                undocumented.append(f"{service}: {shown}")
+    assert not undocumented, "exported but not in docs/OBSERVABILITY.md:\n" + "\n".join(undocumented)
