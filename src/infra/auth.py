@@ -18,6 +18,7 @@ import logging
 import os
 import threading
 from collections.abc import Iterable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -177,6 +178,11 @@ class Principal:
     id: str
     kind: Literal["token", "jwt"]
     scopes: frozenset[str] = frozenset()
+
+
+# The caller of the request being served, for code that sees no HTTP request (MCP tool
+# handlers run inside the SDK's session); set by the auth gate, None when auth is off.
+CURRENT_PRINCIPAL: ContextVar[Principal | None] = ContextVar("current_principal", default=None)
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ indexing runs. One data directory per module: the first test indexes, later ones
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -27,8 +28,10 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.server.mcpserver import MCPServer
 from mcp_types import BlobResourceContents, CallToolResult, TextResourceContents
 
+from infra.auth import token_id
 from mimir.serve.mcp import build_mcp_server
 from mimir.service import Mimir
+from mimir.store import SqliteStore
 from support import free_port
 
 pytestmark = pytest.mark.slow
@@ -540,14 +543,31 @@ def test_http_bearer_token(menv: MimirEnv, http_server: tuple[str, dict[str, str
             assert isinstance(listed["indexes"], list)
         async with connect("other", "2026-07-28") as client:
             assert {t.name for t in (await client.list_tools()).tools} == EXPECTED_TOOLS
+            refused = await client.call_tool("cancel", {"index_id": "no-such-index"})
+            assert refused.is_error
         with pytest.raises(Exception):  # noqa: B017 -- the SDK's error type for an HTTP 401 is not public
             async with connect(None, "legacy"):
                 pass
 
     anyio.run(main)
+    # The MCP action is audited under the caller's token id (never the token itself).
+    store = SqliteStore(menv.data / "mimir.sqlite")
+    entries = [e for e in store.audit_entries(action="cancel") if e.target == "no-such-index"]
+    assert [e.principal for e in entries] == [f"token:{token_id(hashlib.sha256(b'other').digest())}"]
+    assert entries[0].detail["via"] == "mcp" and entries[0].detail["outcome"] == "unknown_index"
 
 
 # -- in-process, against a scripted facade: the paths a real run rarely takes ----------------
+class _RecordedAudit:
+    """The one store call MCP tools make themselves: audit entries for index and cancel."""
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[str, str, str | None, dict[str, Any]]] = []
+
+    def audit(self, action: str, principal: str, target: str | None, detail: dict[str, Any]) -> None:
+        self.entries.append((action, principal, target, detail))
+
+
 class ScriptedMimir:
     """Stands in for :class:`Mimir`: a run that walks through ``states``, then stays on the last."""
 
@@ -555,6 +575,7 @@ class ScriptedMimir:
         self.states = states
         self.error = error
         self.polls = 0
+        self.store = _RecordedAudit()
 
     def ensure_repo_index(self, path: str, rev: str = "HEAD", force: bool = False) -> dict[str, Any]:
         return {

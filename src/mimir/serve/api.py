@@ -31,7 +31,13 @@ from pydantic import BaseModel, Field
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from infra.auth import WELL_KNOWN_PATH, protected_resource_metadata, request_base_url, split_scopes
+from infra.auth import (
+    CURRENT_PRINCIPAL,
+    WELL_KNOWN_PATH,
+    protected_resource_metadata,
+    request_base_url,
+    split_scopes,
+)
 from infra.health import ComponentState, Readiness
 from infra.observability.http import ObservabilityMiddleware
 from infra.observability.metrics import exposition, set_build_info
@@ -127,7 +133,11 @@ class GuardMiddleware:
         if refusal is not None:
             await refusal(scope, receive, send)
             return
-        await self.app(scope, receive, send)
+        token = CURRENT_PRINCIPAL.set(scope.get("state", {}).get("principal"))
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            CURRENT_PRINCIPAL.reset(token)
 
 
 def _transport_security(host: str) -> TransportSecuritySettings:

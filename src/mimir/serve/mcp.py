@@ -42,11 +42,13 @@ from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError
 from mcp_types import ToolAnnotations
 from pydantic import Field
 
+from infra.auth import CURRENT_PRINCIPAL
 from infra.observability import tracing
 from lens.errors import LensError, NotFound
 from mimir import __version__
 from mimir.serve import metrics
 from mimir.service import Mimir
+from mimir.store.audit import audited, principal_name
 
 log = logging.getLogger("mimir.mcp")
 T = TypeVar("T")
@@ -244,10 +246,16 @@ def build_mcp_server(
         status. Returns {index_id, status, commit, reused, run: {run_id, state, stage,
         percent, message, error}}.
         """
+        caller = CURRENT_PRINCIPAL.get()
+
+        def ensure() -> dict[str, Any]:
+            with audited(mimir.store, "index", caller, path, {"rev": rev, "force": force, "via": "mcp"}) as e:
+                out = mimir.ensure_repo_index(path, rev, force)
+                e.target = out["index_id"]
+            return out
+
         async with metered("ensure_repo_index"):
-            result = await run_blocking(
-                "ensure_repo_index", functools.partial(mimir.ensure_repo_index, path, rev, force)
-            )
+            result = await run_blocking("ensure_repo_index", ensure)
             if _progress_token(ctx) is None or result.get("status") == "ready" or not result.get("run"):
                 return result
             return await _wait_with_progress(ctx, result)
@@ -323,7 +331,13 @@ def build_mcp_server(
         A previous ready index for the same commit stays usable. Cancelling a finished run is a
         no-op that returns it unchanged. Returns {index_id, run: {run_id, state, ...}}.
         """
-        return await call_in_thread("cancel", functools.partial(mimir.cancel, index_id))
+        caller = CURRENT_PRINCIPAL.get()
+
+        def cancel_audited() -> dict[str, Any]:
+            with audited(mimir.store, "cancel", caller, index_id, {"via": "mcp"}):
+                return mimir.cancel(index_id)
+
+        return await call_in_thread("cancel", cancel_audited)
 
     @tool(title="List indexes", annotations=read_only)
     async def list_indexes() -> dict[str, Any]:
@@ -396,6 +410,7 @@ def build_mcp_server(
                 mode=mode,
                 context_lines=context_lines,
                 token_budget=token_budget,
+                principal=principal_name(CURRENT_PRINCIPAL.get()),
             ),
         )
 
@@ -432,7 +447,12 @@ def build_mcp_server(
         return await call_in_thread(
             "ask_index",
             functools.partial(
-                mimir.ask_index, index_id, question, max_hops=max_hops, token_budget=token_budget
+                mimir.ask_index,
+                index_id,
+                question,
+                max_hops=max_hops,
+                token_budget=token_budget,
+                principal=principal_name(CURRENT_PRINCIPAL.get()),
             ),
         )
 
