@@ -78,12 +78,14 @@ def _stdout_to_stderr() -> Iterator[None]:
 @app.command()
 def mcp() -> None:
     """Serve MCP over stdio (for Claude Code, Claude Desktop and other MCP hosts)."""
-    _logging()
     with _stdout_to_stderr():
         try:
             from mimir.serve.mcp import build_mcp_server
+            from mimir.service import Mimir
 
-            service = _mimir()
+            settings = MimirSettings()
+            _setup_observability(settings)  # logs (with trace ids) on stderr: stdout is the protocol
+            service = Mimir(settings)
             server = build_mcp_server(service)
         except LensError as exc:
             err.print(f"[red]error:[/red] {exc.message}")
