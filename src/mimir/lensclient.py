@@ -18,6 +18,7 @@ is alive, so they count as breaker successes.
 
 from __future__ import annotations
 
+import collections
 import contextvars
 import itertools
 import random
@@ -374,11 +375,15 @@ class HttpLens(LensBackend):
         on_call: CallHook | None = None,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        # A comma-separated list of searcher replicas: calls go round-robin and fail over to the
-        # next replica (connection error, 5xx) before the breaker hears of a failure.
+        # A comma-separated list of searcher replicas: each call goes to the replica with the fewest
+        # calls in flight (ties rotate per operation, so one search's file reads cannot keep every
+        # search on the same replica), and fails over to the next replica (connection error, 5xx)
+        # before the breaker hears of a failure.
         self.replicas = [u.strip().rstrip("/") for u in base_url.split(",") if u.strip()] or [base_url]
         self.base_url = ",".join(self.replicas)
-        self._turn = itertools.count()
+        self._turns: dict[str, itertools.count[int]] = collections.defaultdict(itertools.count)
+        self._in_flight = [0] * len(self.replicas)
+        self._flight_lock = threading.Lock()
         self.max_attempts = max(1, max_attempts)
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
@@ -415,6 +420,13 @@ class HttpLens(LensBackend):
         return {"operations": self._stats.snapshot(), "breaker": self.breaker.counters()}
 
     # -- the core request loop ------------------------------------------------------------
+    def _first_target(self, op: str, n: int) -> int:
+        """The least busy of the first ``n`` replicas, ties broken by this operation's rotation."""
+        start = next(self._turns[op]) % n
+        with self._flight_lock:
+            loads = self._in_flight[:n]
+        return min(((start + i) % n for i in range(n)), key=lambda r: loads[r])
+
     def _backoff(self, attempt: int) -> float:
         """Full jitter: uniform in [0, min(cap, base * 2**attempt)] -- spreads retry storms."""
         return self._rng.uniform(0.0, min(self.backoff_cap, self.backoff_base * (2**attempt)))
@@ -453,7 +465,8 @@ class HttpLens(LensBackend):
                     retry_after=exc.retry_after,
                 ) from None
             targets = self.replicas[:1] if pinned else self.replicas
-            n, first = len(targets), next(self._turn)
+            n = len(targets)
+            first = self._first_target(op, n)
             # Non-idempotent calls move on only when the request surely never left (connect error).
             attempts = max(self.max_attempts, n) if retry else n
             problem = ""
@@ -462,7 +475,10 @@ class HttpLens(LensBackend):
                     if attempt % n == 0:  # every replica had its turn: back off before the next round
                         time.sleep(self._backoff(attempt // n - 1))
                     retries += 1
-                target = targets[(first + attempt) % n]
+                replica = (first + attempt) % n
+                target = targets[replica]
+                with self._flight_lock:
+                    self._in_flight[replica] += 1
                 try:
                     resp = self._client.request(
                         method,
@@ -482,6 +498,9 @@ class HttpLens(LensBackend):
                     if retry or isinstance(exc, httpx.ConnectError):
                         continue
                     break
+                finally:
+                    with self._flight_lock:
+                        self._in_flight[replica] -= 1
                 if resp.status_code >= 500:
                     problem = f"HTTP {resp.status_code}: {_error_message(resp)}"
                     if retry and (resp.status_code in _RETRY_STATUSES or attempt + 1 < n):

@@ -402,6 +402,16 @@ def test_httplens_spreads_over_replicas_and_fails_over(cluster: Cluster) -> None
             assert out["results"]
     assert [searches(a) - before[0], searches(b) - before[1]] == [5, 5]
 
+    # A search then a file read, as Mimir does per result: an even cycle, so one rotation shared by
+    # every call would send every search to the same replica; searches must still alternate.
+    before = [searches(a), searches(b)]
+    with HttpLens(f"{a.url},{b.url}") as client:
+        for _ in range(6):
+            hit = client.search("apply_discount", mode="exact", limit=5, context=0, repos=["shop-five"])
+            path = hit["results"][0]["path"]
+            assert client.read_file("shop-five", path, 1, 2)["lines"]
+    assert [searches(a) - before[0], searches(b) - before[1]] == [3, 3]
+
     dead = f"http://127.0.0.1:{free_port()}"
     with HttpLens(f"{dead},{a.url}", backoff_base=0.01) as client:
         for _ in range(4):
