@@ -49,6 +49,8 @@ class LensSettings(RuntimeSettings):
     search_concurrency: int = 0
     max_query_length: int = 4096
     max_request_bytes: int = 1 << 20
+    # On SIGTERM: seconds in-flight requests may take to finish before they are cancelled.
+    shutdown_grace_s: int = Field(default=20, ge=0)
 
     # -- production runtime (step 3); all optional: unset means the embedded default ------------
     environment: Literal["development", "staging", "production"] = Field(

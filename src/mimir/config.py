@@ -53,6 +53,8 @@ class MimirSettings(RuntimeSettings):
     # HTTP request bodies over this are refused (413); longer search queries and questions get a 400.
     max_request_bytes: int = 1 << 20
     max_query_length: int = 4000
+    # On SIGTERM: seconds in-flight requests may take to finish before they are cancelled.
+    shutdown_grace_s: int = Field(default=20, ge=0)
 
     # -- production runtime (step 3); all optional: unset means the embedded default ------------
     environment: Literal["development", "staging", "production"] = Field(

@@ -5,8 +5,12 @@ factory, so every worker calls :func:`setup_process` itself. Metrics from N work
 only right in prometheus_client multiprocess mode, so :func:`prepare_multiprocess_dir`
 turns it on (a private temporary directory) when ``PROMETHEUS_MULTIPROC_DIR`` is not set.
 
-Cleanup runs at the app's lifespan shutdown (:class:`ShutdownHooks`), not at exit:
-uvicorn re-raises SIGTERM after a graceful shutdown, so atexit handlers never run.
+Cleanup runs at the app's lifespan shutdown (:class:`ShutdownHooks`), not at exit.
+
+SIGTERM is a graceful shutdown: uvicorn closes the listening socket, lets in-flight requests
+finish for up to ``shutdown_grace_s`` seconds (then cancels them), runs the lifespan shutdown
+and re-raises the signal; :func:`serve` turns that re-raised SIGTERM into exit status 0, as
+``mimir worker`` does, so a deploy's SIGTERM is a clean exit rather than death by signal.
 """
 
 from __future__ import annotations
@@ -14,7 +18,10 @@ from __future__ import annotations
 import logging
 import os
 import re
+import signal
 import tempfile
+import threading
+from types import FrameType
 from typing import Protocol
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -100,15 +107,18 @@ def serve(
     port: int,
     workers: int = 1,
     log_level: str = "info",
+    shutdown_grace_s: int | None = None,
 ) -> None:
     """Run uvicorn: ``app`` in this process, or ``workers`` processes built by ``factory``.
 
     uvicorn's own logging config and access log are off: our root handler renders its
     lines, and the HTTP middleware logs each request with its route, status and ids.
+    On SIGTERM in-flight requests get ``shutdown_grace_s`` seconds (None: unbounded).
     """
     import uvicorn
 
     level = log_level.lower()
+    _exit_zero_on_sigterm()
     if workers > 1 or app is None:
         # This process only supervises: its gauges (all zero) must not count among the workers'.
         mark_process_dead(os.getpid())
@@ -122,11 +132,30 @@ def serve(
             log_config=None,
             log_level=level,
             access_log=False,
+            timeout_graceful_shutdown=shutdown_grace_s,
         )
     else:
         uvicorn.run(
-            ShutdownHooks(app), host=host, port=port, log_config=None, log_level=level, access_log=False
+            ShutdownHooks(app),
+            host=host,
+            port=port,
+            log_config=None,
+            log_level=level,
+            access_log=False,
+            timeout_graceful_shutdown=shutdown_grace_s,
         )
+
+
+def _exit_zero_on_sigterm() -> None:
+    """SIGTERM outside uvicorn's own handling (before it starts, and the signal it re-raises after
+    its graceful shutdown) ends the process with status 0 instead of killing it."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def exit_zero(_signum: int, _frame: FrameType | None) -> None:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, exit_zero)
 
 
 __all__ = [

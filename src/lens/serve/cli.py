@@ -224,6 +224,7 @@ def serve(
         port=settings.port,
         workers=workers,
         log_level=settings.log_level,
+        shutdown_grace_s=settings.shutdown_grace_s,
     )
 
 
