@@ -5,7 +5,9 @@
    their sum, and the wall time from ``ensure_repo_index`` to the finished run (which also covers
    spawning the worker process and its imports).
 2. Incremental re-index: append a function to one .py file of the clone, commit, index again. The new
-   commit is a new index whose Lens shard is seeded from the previous one.
+   commit is a new index whose Lens shard is seeded from the previous one and whose analysis reuses the
+   previous index's per-file results (``analysis_reuse`` in the manifest). ``--incremental-runs N``
+   repeats edit + commit + index N times (each run builds on the one before) and reports the median.
 3. Chunk counts from the manifest (embedding throughput is measured by ``embed_throughput.py``).
 4. Latency through the MCP SDK's client: ``python -m mimir.serve.cli mcp`` over stdio on the same data
    directory, ``search_repo`` (30 queries, k=20, hybrid) and ``ask_index`` (10 questions, max_hops=3,
@@ -400,6 +402,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--skip-mcp", action="store_true", help="indexing only, no MCP latency")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (prints its path)")
     ap.add_argument("--json", type=Path, help="also write the numbers to this JSON file")
+    ap.add_argument(
+        "--incremental-runs", type=int, default=1, help="one-file commits to re-index, one after another"
+    )
     args = ap.parse_args(args_list)
 
     for line in machine_header(["benchmarks/pipeline.py", *args_list]):
@@ -430,6 +435,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         incr = index_once(mimir, "incremental", repo, args.timeout)
         probe = mimir.find_symbol(incr.index_id, PROBE)["symbols"] if incr.state == "succeeded" else []
         runs = [full, incr]
+        more = []
+        for i in range(2, args.incremental_runs + 1):
+            edit_and_commit(repo)
+            more.append(index_once(mimir, f"incremental {i}", repo, args.timeout))
+        runs.extend(more)
 
         print("== indexing without embeddings (embed=False) ==")
         print(stage_table(runs))
@@ -438,6 +448,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print()
         print(counts_table(runs))
         print(f"\nincremental edit: appended def {PROBE}() to {edited}; new index finds it: {bool(probe)}")
+        for r in runs:
+            print(f"analysis reuse ({r.label}): {r.manifest.get('analysis_reuse')}")
+        if more:
+            walls = [r.wall_s for r in (incr, *more)]
+            print(
+                f"incremental wall over {len(walls)} runs: median {statistics.median(walls):.2f} s "
+                f"({', '.join(f'{w:.2f}' for w in walls)})"
+            )
         print(f"same commit again: reused={reused['reused']} in {reuse_ms:.0f} ms")
         for r in runs:
             print(f"dominant stages ({r.label}): {dominant(r)}")

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from lens.parse.model import Symbol
+
+if TYPE_CHECKING:
+    from mimir.analyze.cache import AnalysisCache
 
 RefKind = Literal["call", "inherit", "type", "ref"]
 Resolution = Literal["local", "import", "unique_name", "ambiguous"]
@@ -334,6 +337,10 @@ class Analysis:
     """Everything :func:`mimir.analyze.analyze_repository` derives, with per-phase timings.
 
     ``durations`` are wall-clock seconds and ``cpu_durations`` process CPU seconds, per phase.
+    ``cache`` holds the per-file results for the next analysis (:mod:`mimir.analyze.cache`) and
+    ``reuse`` counts the analyzed files three ways: taken from the previous cache (``reused``),
+    taken from it but scanned for references again because a newly defined name appears in them
+    (``rescanned``), and analyzed from scratch (``analyzed``).
     """
 
     definitions: dict[str, list[Symbol]]
@@ -344,3 +351,5 @@ class Analysis:
     durations: dict[str, float] = field(default_factory=dict)
     cpu_durations: dict[str, float] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)  # paths without a supported language
+    cache: AnalysisCache | None = None
+    reuse: dict[str, int] = field(default_factory=dict)

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import importlib.util
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
-import networkx as nx  # type: ignore[import-untyped]
 import numpy as np
 
 from mimir.analyze.model import FILE_KIND, Ranks, SymbolGraph
+
+if TYPE_CHECKING:
+    import networkx as nx  # type: ignore[import-untyped]
 
 ALPHA = 0.85
 _USE_KINDS = ("called_by", "inherited_by", "referenced_by")
@@ -25,6 +28,10 @@ _USE_KINDS = ("called_by", "inherited_by", "referenced_by")
 
 def _round(x: float) -> float:
     return float(f"{x:.12g}")
+
+
+def _has_scipy() -> bool:
+    return importlib.util.find_spec("scipy") is not None
 
 
 def _pagerank_numpy(
@@ -35,13 +42,25 @@ def _pagerank_numpy(
     tol: float = 1e-6,
 ) -> dict[str, float]:
     """networkx's PageRank semantics (weighted, dangling mass follows personalization) without scipy."""
-    nodes = list(graph)
+    edges = [(u, v, float(w)) for u, v, w in graph.edges(data="weight", default=1.0)]
+    return _pagerank_arrays(list(graph), edges, alpha, personalization, max_iter, tol)
+
+
+def _pagerank_arrays(
+    nodes: Sequence[str],
+    edges: Sequence[tuple[str, str, float]],
+    alpha: float,
+    personalization: Mapping[str, float] | None,
+    max_iter: int = 100,
+    tol: float = 1e-6,
+) -> dict[str, float]:
+    """The power iteration of :func:`_pagerank_numpy` over nodes and (src, dst, weight) edges in the
+    order a ``networkx.DiGraph`` lists them (the order fixes the floating-point sums)."""
     n = len(nodes)
     index = {node: i for i, node in enumerate(nodes)}
-    edges = list(graph.edges(data="weight", default=1.0))
     src = np.array([index[u] for u, _, _ in edges], dtype=np.int64)
     dst = np.array([index[v] for _, v, _ in edges], dtype=np.int64)
-    weight = np.array([float(w) for _, _, w in edges])
+    weight = np.array([w for _, _, w in edges])
     out = np.bincount(src, weights=weight, minlength=n)
     dangling = out == 0
     weight = weight / out[src] if len(edges) else weight  # sparse row-normalized transition matrix
@@ -66,7 +85,9 @@ def pagerank(
     """``networkx.pagerank``; it needs scipy, so without scipy an equivalent numpy iteration runs."""
     if graph.number_of_nodes() == 0:
         return {}
-    if importlib.util.find_spec("scipy") is not None:
+    if _has_scipy():
+        import networkx as nx  # slow to import: only when it is used
+
         scores: dict[str, float] = nx.pagerank(
             graph, alpha=alpha, personalization=personalization, weight="weight"
         )
@@ -74,13 +95,25 @@ def pagerank(
     return _pagerank_numpy(graph, alpha, personalization)
 
 
+def _file_edges(graph: SymbolGraph) -> tuple[list[str], list[tuple[str, str, float]]]:
+    """Files (sorted) and import edges with their counts as weights, in :func:`file_graph`'s order."""
+    edges = [
+        (src, e.target, float(e.count))
+        for src, out in sorted(graph.adjacency.get("imports", {}).items())
+        for e in out
+    ]
+    return graph.files(), edges
+
+
 def file_graph(graph: SymbolGraph) -> nx.DiGraph:
     """Files as nodes (sorted, so results do not depend on insertion order), import counts as weights."""
+    import networkx as nx  # slow to import: only when it is used
+
+    nodes, edges = _file_edges(graph)
     g = nx.DiGraph()
-    g.add_nodes_from(graph.files())
-    for src, edges in sorted(graph.adjacency.get("imports", {}).items()):
-        for e in edges:
-            g.add_edge(src, e.target, weight=float(e.count))
+    g.add_nodes_from(nodes)
+    for src, dst, weight in edges:
+        g.add_edge(src, dst, weight=weight)
     return g
 
 
@@ -92,12 +125,20 @@ def rank_files(
     ``personalization`` (path -> weight, e.g. the files a question mentions) biases the random
     jumps towards those files and what they import; unknown paths are ignored.
     """
-    g = file_graph(graph)
+    nodes, edges = _file_edges(graph)
+    known = set(nodes)
     pers = None
     if personalization:
-        pers = {p: float(w) for p, w in personalization.items() if p in g and w > 0}
+        pers = {p: float(w) for p, w in personalization.items() if p in known and w > 0}
         pers = pers or None
-    scores = {path: _round(s) for path, s in pagerank(g, pers, alpha).items()}
+    raw: dict[str, float]
+    if not nodes:
+        raw = {}
+    elif _has_scipy():
+        raw = pagerank(file_graph(graph), pers, alpha)
+    else:  # the same iteration as pagerank() without building a networkx graph (or importing networkx)
+        raw = _pagerank_arrays(nodes, edges, alpha, pers)
+    scores = {path: _round(s) for path, s in raw.items()}
     return dict(sorted(scores.items(), key=lambda kv: (-kv[1], kv[0])))
 
 

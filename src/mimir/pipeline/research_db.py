@@ -6,6 +6,7 @@ bundle, so it is a single SQLite file with plain tables.
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
@@ -32,12 +33,33 @@ CREATE INDEX snippets_path ON snippets(path, start_line);
 """
 
 
-def create(path: Path) -> sqlite3.Connection:
+_STATEMENTS = [stmt.strip() for stmt in SCHEMA.split(";") if stmt.strip()]
+_INDEX_RE = re.compile(r"CREATE INDEX \w+ ON (\w+)\(")
+
+
+def _index_table(stmt: str) -> str | None:
+    m = _INDEX_RE.match(stmt)
+    return m.group(1) if m else None
+
+
+def create(path: Path, *, indexes: bool = True) -> sqlite3.Connection:
+    """A new research database; ``indexes=False`` leaves out the secondary indexes, which are
+    cheaper to build once the rows are in (:func:`create_indexes`)."""
     conn = sqlite3.connect(str(path), isolation_level=None)
     conn.execute("PRAGMA journal_mode=OFF")
     conn.execute("PRAGMA synchronous=OFF")
-    conn.executescript(SCHEMA)
+    conn.executescript(
+        ";\n".join(stmt for stmt in _STATEMENTS if indexes or _index_table(stmt) is None) + ";"
+    )
     return conn
+
+
+def create_indexes(conn: sqlite3.Connection, tables: Iterable[str]) -> None:
+    """Build the secondary indexes of ``tables`` (after a bulk insert into a :func:`create` without them)."""
+    wanted = set(tables)
+    for stmt in _STATEMENTS:
+        if _index_table(stmt) in wanted:
+            conn.execute(stmt)
 
 
 def open_readonly(path: Path) -> sqlite3.Connection:
