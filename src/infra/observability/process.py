@@ -19,16 +19,20 @@ import logging
 import os
 import re
 import signal
+import socket
 import tempfile
 import threading
 from types import FrameType
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from infra.observability.logging import setup_logging
 from infra.observability.metrics import MULTIPROC_ENV, mark_process_dead, multiprocess_dir
 from infra.observability.tracing import flush, setup_tracing
+
+if TYPE_CHECKING:
+    from uvicorn import Config
 
 log = logging.getLogger("infra.observability")
 _PID_FILE = re.compile(r"_(\d+)\.db$")
@@ -122,6 +126,7 @@ def serve(
     if workers > 1 or app is None:
         # This process only supervises: its gauges (all zero) must not count among the workers'.
         mark_process_dead(os.getpid())
+        _nodelay_listener(uvicorn.Config)
         log.info("starting %d workers", workers, extra={"workers": workers})
         uvicorn.run(
             factory,
@@ -144,6 +149,29 @@ def serve(
             access_log=False,
             timeout_graceful_shutdown=shutdown_grace_s,
         )
+
+
+def _nodelay_listener(config_class: type[Config]) -> None:
+    """Make the listening socket uvicorn binds for N workers turn Nagle's algorithm off.
+
+    uvicorn binds that socket with ``socket.socket(family)`` (protocol 0), and asyncio only sets
+    TCP_NODELAY on sockets whose protocol is IPPROTO_TCP, so every connection the workers accepted
+    kept Nagle's algorithm: a response written in two parts (headers, then body) waited for the
+    client's delayed ACK, about 40 ms on every request of a keep-alive connection (even /health).
+    Linux copies the option from a listening socket to the connections it accepts.
+    """
+    bind = config_class.bind_socket
+    if getattr(bind, "_nodelay", False):
+        return
+
+    def bind_socket(self: Config) -> socket.socket:
+        sock = bind(self)
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+
+    bind_socket._nodelay = True  # type: ignore[attr-defined]
+    config_class.bind_socket = bind_socket  # type: ignore[method-assign]
 
 
 def _exit_zero_on_sigterm() -> None:

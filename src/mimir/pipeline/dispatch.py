@@ -281,8 +281,14 @@ class QueueWorker:
             now = time.monotonic()
             if self.stopping.is_set():
                 kill_group(proc.pid, proc)
+                run = self.store.get_run(run_id)
+                if run.state == "succeeded":  # finished before the signal; only the child's exit was left
+                    job.ack()
+                    metrics.record_run(run)
+                    log.info("job %s succeeded (its child was still exiting at shutdown)", run_id)
+                    return "succeeded"
                 self._discard_tmp(run_id)
-                self._requeue(self.store.get_run(run_id), f"handed back by {self.name} (shutting down)")
+                self._requeue(run, f"handed back by {self.name} (shutting down)")
                 job.release()
                 log.info("job %s handed back (shutting down)", run_id)
                 return "handed_back"
