@@ -34,7 +34,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import commit_all, git, write_files
+from gitrepo import commit_all, git, write_files
 from infra.shardstore import NatsShardStore, ShardRef
 from stack_support import (
     NATS_URL,

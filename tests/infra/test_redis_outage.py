@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from redis_server import PrivateRedis, fresh_prefix
 
-from conftest import commit_all, write_files
+from gitrepo import commit_all, write_files
 from infra.cache import make_cache
 from infra.ratelimit import make_rate_limiter
 from lens.engine import Lens

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import commit_all, git, write_files
+from gitrepo import commit_all, git, write_files
 from lens.config import LensSettings
 from lens.engine import Lens
 from lens.errors import BadRequest, Conflict, NotFound

@@ -23,7 +23,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import commit_all, git, write_files
+from gitrepo import commit_all, git, write_files
 from infra.shardstore import NatsShardStore, ShardRef
 from mimir.lensclient import HttpLens, LensUnavailable
 from support import free_port

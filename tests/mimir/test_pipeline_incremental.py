@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from conftest import commit_all, git, write_files
+from gitrepo import commit_all, git, write_files
 from mimir.analyze.cache import FILE_NAME
 from mimir.config import MimirSettings
 from mimir.pipeline.run import index_dir
