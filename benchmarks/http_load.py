@@ -2,7 +2,7 @@
 
 Usage (from the project root, virtualenv active):
 
-    python benchmarks/http_load.py --index go-std --index jdk --concurrency 16 --duration 20
+    python benchmarks/http_load.py --index go-std --index jdk --concurrency 16 --duration 20 [--workers 2]
     python benchmarks/http_load.py --data-dir DIR [--requests 2000] [--json out.json]
 
 What it does:
@@ -11,22 +11,27 @@ What it does:
    (repeatable) it fetches each corpus with ``../shared/corpora/fetch.sh NAME`` and indexes it with
    ``lens index PATH --name NAME --no-embed`` into a fresh temporary data directory, removed at the end
    (unless ``--keep-data``).
-2. Starts ``lens serve --host 127.0.0.1 --port P`` as a child process (``LENS_DATA_DIR``, ``LENS_EMBED=0``,
-   no API tokens) and waits for ``/health``. ``lens serve`` runs a single uvicorn process: ``lens.serve.cli``
-   has no workers option, so ``--workers`` only accepts 1. The search endpoints are sync FastAPI
-   functions, so each request runs in AnyIO's worker-thread pool (40 threads by default), all sharing the
-   one process's GIL.
-3. Warms up (every query once, then a short burst at the target concurrency so the thread pool and its
-   per-thread SQLite connections exist), then runs two timed phases over the same fixed mix of queries
-   (selective literals, common literals, regexes that match go-std and jdk):
-   "baseline" (one request at a time) and "load" (``--concurrency`` asyncio tasks sharing one
-   ``httpx.AsyncClient`` with ``max_connections=concurrency``, each looping over the mix from its own
-   offset). A phase lasts ``--duration`` seconds (requests in flight at the deadline are finished and
-   counted) or ``--requests N`` requests. An error is a non-200 status or an exception.
+2. Starts ``lens serve --host 127.0.0.1 --port P --workers N`` as a child process (``LENS_DATA_DIR``,
+   ``LENS_EMBED=0``, no API tokens) and waits for ``/health``. With ``--workers 1`` (the default) one uvicorn
+   process serves every request; with N > 1 uvicorn's supervisor forks N worker processes that share the
+   listening socket (and prometheus_client's multiprocess mode merges their metrics). In each process a
+   search runs on AnyIO's thread pool, at most ``LENS_SEARCH_CONCURRENCY`` (default: the CPU count) at a
+   time. The server's search cache is switched off (``LENS_CACHE_TTL_S=0``), since the fixed query mix
+   would otherwise be answered from it after the warm-up; ``--cache`` keeps the server's default cache.
+3. Warms up (every query once, then a burst at the target concurrency so the thread pools and their
+   per-thread SQLite connections exist in every server process), then runs two timed phases over the same
+   fixed mix of queries (selective literals, common literals, regexes that match go-std and jdk):
+   "baseline" (one request at a time) and "load" (``--concurrency`` asyncio tasks, each a closed-loop
+   client with no think time, looping over the mix from its own offset). Each task has its own keep-alive
+   HTTP/1.1 connection (``--client raw``, the default: plain asyncio streams) or they share one
+   ``httpx.AsyncClient`` with ``max_connections=concurrency`` (``--client httpx``; it costs about ten
+   times the CPU per request, which the server then lacks, since both run on the same cores). A phase
+   lasts ``--duration`` seconds (requests in flight at the deadline are finished and counted) or
+   ``--requests N`` requests. An error is a non-200 status or an exception.
 4. Prints per phase: requests, errors, throughput, client-side latency percentiles, the server's own view
    (mean request time from its Prometheus histogram, mean engine time ``took_ms`` from the responses),
-   and the CPU used by the server and by this load generator (they share the machine's cores), then a
-   per-query table. The server is always terminated in ``finally``.
+   and the CPU used by the server (all its processes) and by this load generator (they share the
+   machine's cores), then a per-query table. The server is always terminated in ``finally``.
 
 Percentiles are nearest-rank over all requests of a phase (p50 is the median).
 """
@@ -51,15 +56,16 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
-from _machine import cpu_and_ram
+from _machine import cpu_and_ram, fetch_corpus, lens_commit
 
 PROJECT = Path(__file__).resolve().parents[1]
 DEFAULT_FETCH = PROJECT.parent / "shared" / "corpora" / "fetch.sh"
@@ -121,13 +127,12 @@ def machine_header(argv: list[str]) -> list[str]:
     cpu, ram_kib = cpu_and_ram()
     load = " ".join(Path("/proc/loadavg").read_text().split()[:3])  # other work on the machine skews times
     usable = len(os.sched_getaffinity(0))
-    git = ["git", "-C", str(PROJECT), "rev-parse", "--short", "HEAD"]
-    commit = subprocess.run(git, capture_output=True, text=True, check=False).stdout.strip()
+    commit = lens_commit()
     return [
         f"machine: {os.cpu_count()} CPUs (nproc {usable}), {cpu}, {ram_kib / 1024 / 1024:.1f} GiB RAM; "
         f"{platform.system()} {platform.release()}; load average at start {load}",
         f"date: {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}; Python {platform.python_version()};"
-        f" httpx {httpx.__version__}; lens commit {commit or 'unknown'}",
+        f" httpx {httpx.__version__}; lens commit {commit}",
         f"command: {shlex.join(['python', *argv])}",
     ]
 
@@ -146,24 +151,51 @@ def lens_command() -> list[str]:
     return [found] if found else [sys.executable, "-m", "lens.serve.cli"]
 
 
-def lens_env(data_dir: Path) -> dict[str, str]:
+def lens_env(data_dir: Path, *, cache: bool = False) -> dict[str, str]:
     env = dict(os.environ)
     env.update(LENS_DATA_DIR=str(data_dir), LENS_EMBED="0", LENS_API_TOKENS="", LENS_HOST="127.0.0.1")
+    if not cache:
+        env["LENS_CACHE_TTL_S"] = "0"
     return env
 
 
-def proc_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a live process (all its threads), from /proc."""
+def _stat_fields(pid: int) -> list[str]:
     stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()  # the command name may contain spaces
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return stat[stat.rindex(")") + 2 :].split()  # the command name may contain spaces
 
 
-def proc_threads(pid: int) -> int:
-    for raw in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if raw.startswith("Threads:"):
-            return int(raw.split()[1])
-    return 0
+def proc_tree(pid: int) -> list[int]:
+    """``pid`` and its live descendants (uvicorn's worker processes), from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                children.setdefault(int(_stat_fields(int(entry.name))[1]), []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        cur = todo.pop()
+        out.append(cur)
+        todo.extend(children.get(cur, []))
+    return out
+
+
+def proc_cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds of live processes (all their threads), from /proc."""
+    total = 0
+    for member in pids:
+        with contextlib.suppress(OSError, IndexError):
+            fields = _stat_fields(member)
+            total += int(fields[11]) + int(fields[12])
+    return total / CLK_TCK
+
+
+def proc_threads(pids: list[int]) -> int:
+    """Threads of live processes."""
+    total = 0
+    for member in pids:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            total += int(_stat_fields(member)[17])
+    return total
 
 
 def self_cpu_seconds() -> float:
@@ -183,6 +215,8 @@ def other_benchmarks() -> list[str]:
         except OSError:
             continue
         text = " ".join(a.decode(errors="replace") for a in argv if a)
+        if argv[0].endswith(b"flock"):
+            continue  # waiting for the benchmark lock (maybe the one this run holds), not running
         if re.search(r"benchmarks/\w+\.py", text) and "python" in text and "timeout " not in text:
             found.append(f"{entry.name}: {text[:120]}")
     return found
@@ -225,13 +259,6 @@ def wait_for_quiet(max_seconds: float, max_busy: float, poll: float = 30.0) -> f
 # --------------------------------------------------------------------------- indexing
 
 
-def fetch_corpus(fetch: Path, name: str) -> Path:
-    out = subprocess.run(["bash", str(fetch), name], capture_output=True, text=True, check=False)
-    if out.returncode != 0:
-        sys.exit(f"fetch.sh {name} failed:\n{out.stderr}")
-    return Path(out.stdout.strip().splitlines()[-1])
-
-
 def index_corpora(fetch: Path, names: list[str], data_dir: Path) -> list[str]:
     lines = []
     for name in names:
@@ -259,6 +286,7 @@ class Server:
     proc: subprocess.Popen[bytes]
     base_url: str
     log_path: Path
+    port: int
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -268,14 +296,24 @@ class Server:
 
 
 @contextlib.contextmanager
-def lens_server(data_dir: Path, port: int, log_dir: Path, startup_timeout: float = 120.0) -> Iterator[Server]:
+def lens_server(
+    data_dir: Path,
+    port: int,
+    log_dir: Path,
+    *,
+    workers: int = 1,
+    cache: bool = False,
+    startup_timeout: float = 120.0,
+) -> Iterator[Server]:
     """Run ``lens serve`` for the duration of the block; it is terminated (then killed) in ``finally``."""
     log_path = log_dir / "lens-serve.log"
-    cmd = [*lens_command(), "serve", "--host", "127.0.0.1", "--port", str(port)]
+    cmd = [*lens_command(), "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
     print(f"starting: {shlex.join(cmd)}", file=sys.stderr)
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, env=lens_env(data_dir), stdout=log, stderr=subprocess.STDOUT)
-    server = Server(proc, f"http://127.0.0.1:{port}", log_path)
+        proc = subprocess.Popen(
+            cmd, env=lens_env(data_dir, cache=cache), stdout=log, stderr=subprocess.STDOUT
+        )
+    server = Server(proc, f"http://127.0.0.1:{port}", log_path, port)
     try:
         deadline = time.monotonic() + startup_timeout
         while True:
@@ -391,6 +429,7 @@ class Phase:
     machine_cpu: float  # busy CPU seconds of the whole machine (the rest is other processes)
     peak_threads: int
     view: ServerView = field(default_factory=ServerView)
+    process_cpu: list[float] = field(default_factory=list)  # seconds per server process, busiest first
 
     def ok(self) -> list[Sample]:
         return [s for s in self.samples if s.status == 200 and s.error is None]
@@ -399,17 +438,102 @@ class Phase:
         return [s for s in self.samples if s.status != 200 or s.error is not None]
 
 
-async def one_request(client: httpx.AsyncClient, index: int, query: str, limit: int) -> Sample:
+class Requester(Protocol):
+    """Sends GET requests for one of the load generator's concurrent clients (``worker``)."""
+
+    async def get(self, worker: int, target: str) -> tuple[int, bytes]: ...
+
+
+class HttpxRequester:
+    """httpx.AsyncClient with a pool of ``concurrency`` keep-alive connections."""
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self.client = client
+
+    async def get(self, worker: int, target: str) -> tuple[int, bytes]:
+        resp = await self.client.get(target)
+        return resp.status_code, resp.content
+
+
+class RawRequester:
+    """One keep-alive HTTP/1.1 connection per concurrent client, over asyncio streams.
+
+    The load generator shares the machine's cores with the server, so its own CPU per request
+    matters: httpx's AsyncClient spends about 2.5 ms per search request, this about a tenth.
+    """
+
+    def __init__(self, host: str, port: int, timeout: float) -> None:
+        self.host, self.port, self.timeout = host, port, timeout
+        self._conns: dict[int, tuple[asyncio.StreamReader, asyncio.StreamWriter]] = {}
+
+    async def get(self, worker: int, target: str) -> tuple[int, bytes]:
+        if worker in self._conns:
+            try:
+                return await self._get(worker, target)
+            except (OSError, asyncio.IncompleteReadError):
+                # The server closes keep-alive connections idle for 5 s (uvicorn's default, e.g. the
+                # load phase's connections during the baseline): retry once on a new connection, as
+                # httpx does. GET is idempotent.
+                pass
+        return await self._get(worker, target)
+
+    async def _get(self, worker: int, target: str) -> tuple[int, bytes]:
+        conn = self._conns.get(worker)
+        if conn is None:
+            conn = self._conns[worker] = await asyncio.open_connection(self.host, self.port)
+        reader, writer = conn
+        try:
+            async with asyncio.timeout(self.timeout):
+                writer.write(f"GET {target} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n\r\n".encode())
+                head = await reader.readuntil(b"\r\n\r\n")
+                status = int(head[9:12])
+                headers = {}
+                for raw in head.split(b"\r\n")[1:]:
+                    key, _, value = raw.partition(b":")
+                    headers[key.strip().lower()] = value.strip().lower()
+                if headers.get(b"transfer-encoding") == b"chunked":
+                    parts = []
+                    while size := int((await reader.readuntil(b"\r\n")).split(b";")[0], 16):
+                        parts.append((await reader.readexactly(size + 2))[:-2])
+                    await reader.readuntil(b"\r\n")  # no trailers
+                    body = b"".join(parts)
+                else:
+                    body = await reader.readexactly(int(headers.get(b"content-length", b"0")))
+            if headers.get(b"connection") == b"close":
+                self._drop(worker)
+            return status, body
+        except BaseException:
+            self._drop(worker)
+            raise
+
+    def _drop(self, worker: int) -> None:
+        conn = self._conns.pop(worker, None)
+        if conn is not None:
+            conn[1].close()
+
+    def close(self) -> None:
+        for worker in list(self._conns):
+            self._drop(worker)
+
+
+async def one_request(requester: Requester, worker: int, index: int, query: str, limit: int) -> Sample:
+    target = SEARCH_PATH + "?" + urllib.parse.urlencode({"q": query, "limit": limit})
     started = time.perf_counter()
     try:
-        resp = await client.get(SEARCH_PATH, params={"q": query, "limit": limit})
-    except httpx.HTTPError as exc:
+        status, content = await requester.get(worker, target)
+    except (
+        httpx.HTTPError,
+        OSError,
+        asyncio.IncompleteReadError,
+        asyncio.LimitOverrunError,
+        ValueError,
+    ) as exc:
         return Sample(index, time.perf_counter() - started, 0, error=type(exc).__name__)
     latency = time.perf_counter() - started
-    if resp.status_code != 200:
-        return Sample(index, latency, resp.status_code, error=resp.text[:200])
+    if status != 200:
+        return Sample(index, latency, status, error=content[:200].decode(errors="replace"))
     try:
-        body = resp.json()
+        body = json.loads(content)
         return Sample(
             index, latency, 200, float(body["took_ms"]), len(body["results"]), int(body.get("total") or 0)
         )
@@ -419,6 +543,7 @@ async def one_request(client: httpx.AsyncClient, index: int, query: str, limit: 
 
 async def run_phase(
     client: httpx.AsyncClient,
+    requester: Requester,
     server: Server,
     name: str,
     queries: list[str],
@@ -432,70 +557,101 @@ async def run_phase(
     peak_threads = 0
     stop = asyncio.Event()
     metrics_before = await scrape(client)
-    cpu0_server, cpu0_client = proc_cpu_seconds(server.proc.pid), self_cpu_seconds()
+    pids = proc_tree(server.proc.pid)  # the server and its worker processes
+    cpu0_server, cpu0_client = proc_cpu_seconds(pids), self_cpu_seconds()
+    cpu0_each = [proc_cpu_seconds([pid]) for pid in pids]
     cpu0_machine = machine_jiffies()[1]
     started = time.perf_counter()
     deadline = started + duration if duration is not None else math.inf
 
-    async def worker(offset: int) -> None:
+    async def worker(k: int, offset: int) -> None:
         nonlocal issued
         i = offset
         while time.perf_counter() < deadline and (requests is None or issued < requests):
             issued += 1  # one event loop: no race between the check and the increment
             q = i % len(queries)
             i += 1
-            samples.append(await one_request(client, q, queries[q], limit))
+            samples.append(await one_request(requester, k, q, queries[q], limit))
 
     async def sampler() -> None:
         nonlocal peak_threads
         while not stop.is_set():
             with contextlib.suppress(OSError, ValueError):
-                peak_threads = max(peak_threads, proc_threads(server.proc.pid))
+                peak_threads = max(peak_threads, proc_threads(pids))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.25)
 
     watch = asyncio.create_task(sampler())
     try:
-        await asyncio.gather(*(worker(k * len(queries) // concurrency) for k in range(concurrency)))
+        await asyncio.gather(*(worker(k, k * len(queries) // concurrency) for k in range(concurrency)))
     finally:
         stop.set()
         await watch
     wall = time.perf_counter() - started
-    cpu_server = proc_cpu_seconds(server.proc.pid) - cpu0_server
+    cpu_server = proc_cpu_seconds(pids) - cpu0_server
+    each = sorted(
+        (proc_cpu_seconds([pid]) - c0 for pid, c0 in zip(pids, cpu0_each, strict=True)), reverse=True
+    )
     cpu_client = self_cpu_seconds() - cpu0_client
     cpu_machine = (machine_jiffies()[1] - cpu0_machine) / CLK_TCK
     view = server_view(metrics_before, await scrape(client))
-    return Phase(name, concurrency, wall, samples, cpu_server, cpu_client, cpu_machine, peak_threads, view)
+    return Phase(
+        name, concurrency, wall, samples, cpu_server, cpu_client, cpu_machine, peak_threads, view, each
+    )
 
 
 async def drive(server: Server, args: argparse.Namespace, queries: list[str]) -> tuple[list[Phase], Any]:
     limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency)
     timeout = httpx.Timeout(args.timeout)
     async with httpx.AsyncClient(base_url=server.base_url, limits=limits, timeout=timeout) as client:
-        repos = (await client.get("/api/v1/repos")).json().get("repos", [])
-        # warm-up: every query once (caches, file tables), then a burst at the target concurrency so the
-        # worker threads (each with its own SQLite connection per shard) exist before timing starts
-        for i, q in enumerate(queries):
-            sample = await one_request(client, i, q, args.limit)
-            if sample.error:
-                raise RuntimeError(f"warm-up query {q!r} failed: {sample.status} {sample.error}")
-        await run_phase(
-            client, server, "warm-up", queries, args.concurrency, None, 2 * args.concurrency, args.limit
-        )
-        phases = []
-        if not args.no_baseline:
-            print("baseline (concurrency 1) ...", file=sys.stderr)
+        raw = RawRequester("127.0.0.1", server.port, args.timeout) if args.client == "raw" else None
+        requester: Requester = raw if raw is not None else HttpxRequester(client)
+        try:
+            repos = (await client.get("/api/v1/repos")).json().get("repos", [])
+            # warm-up: every query once (caches, file tables), then a burst at the target concurrency so
+            # the worker threads (each with its own SQLite connection per shard) exist before timing starts;
+            # with several server processes, enough requests that every process has run every query
+            for i, q in enumerate(queries):
+                sample = await one_request(requester, 0, i, q, args.limit)
+                if sample.error:
+                    raise RuntimeError(f"warm-up query {q!r} failed: {sample.status} {sample.error}")
+            warm = max(2 * args.concurrency, 4 * args.workers * len(queries))
+            await run_phase(
+                client, requester, server, "warm-up", queries, args.concurrency, None, warm, args.limit
+            )
+            phases = []
+            if not args.no_baseline:
+                print("baseline (concurrency 1) ...", file=sys.stderr)
+                phases.append(
+                    await run_phase(
+                        client,
+                        requester,
+                        server,
+                        "baseline",
+                        queries,
+                        1,
+                        args.duration,
+                        args.requests,
+                        args.limit,
+                    )
+                )
+            print(f"load (concurrency {args.concurrency}) ...", file=sys.stderr)
             phases.append(
                 await run_phase(
-                    client, server, "baseline", queries, 1, args.duration, args.requests, args.limit
+                    client,
+                    requester,
+                    server,
+                    "load",
+                    queries,
+                    args.concurrency,
+                    args.duration,
+                    args.requests,
+                    args.limit,
                 )
             )
-        print(f"load (concurrency {args.concurrency}) ...", file=sys.stderr)
-        phases.append(
-            await run_phase(
-                client, server, "load", queries, args.concurrency, args.duration, args.requests, args.limit
-            )
-        )
+        finally:
+            if raw is not None:
+                raw.close()
     return phases, repos
 
 
@@ -551,8 +707,9 @@ def phase_table(phases: list[Phase], nproc: int, limit: int) -> str:
     legend = (
         "p50..max: client-side latency (request sent to body read). Server's view: 'srv mean' from its "
         "request histogram,\n'srv p95' the upper bound of the histogram bucket holding its p95; 'engine' = "
-        "took_ms in the responses (Lens.search only).\nCPU: % of one core over the phase (the machine has "
-        f"{nproc}); 'other' = the rest of the machine. 'srv thr' = peak threads of the server process.\n"
+        "took_ms in the responses (Lens.search only).\nCPU: % of one core over the phase (server: all its "
+        f"processes; the machine has {nproc}); 'other' = the rest of the machine. 'srv thr' = peak "
+        "threads of the server's processes.\n"
     )
     return table(f"GET {SEARCH_PATH}?q=...&limit={limit} (times in ms)", headers, rows) + legend
 
@@ -604,7 +761,18 @@ def main(argv: list[str] | None = None) -> None:
     bound.add_argument("--duration", type=float, default=20.0, help="seconds per phase (default 20)")
     bound.add_argument("--requests", type=int, help="requests per phase, instead of --duration")
     parser.add_argument(
-        "--workers", type=int, default=1, help="uvicorn worker processes: only 1 (lens serve has no option)"
+        "--workers", type=int, default=1, help="server worker processes (lens serve --workers; default 1)"
+    )
+    parser.add_argument(
+        "--cache",
+        action="store_true",
+        help="keep the server's search cache on (default off: LENS_CACHE_TTL_S=0, so every request searches)",
+    )
+    parser.add_argument(
+        "--client",
+        choices=["raw", "httpx"],
+        default="raw",
+        help="load generator: raw asyncio HTTP/1.1 keep-alive connections (default; cheap on CPU) or httpx",
     )
     parser.add_argument("--limit", type=int, default=100, help="limit= of each search (default 100)")
     parser.add_argument("--timeout", type=float, default=30.0, help="per-request timeout, seconds")
@@ -625,8 +793,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fetch", type=Path, default=DEFAULT_FETCH, help="path of fetch.sh")
     parser.add_argument("--json", type=Path, help="write the summary and every sample here")
     args = parser.parse_args(argv)
-    if args.workers != 1:
-        parser.error("lens serve runs one uvicorn process (lens.serve.cli has no workers option): use 1")
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
     if args.concurrency < 1 or (args.requests is not None and args.requests < 1) or args.duration <= 0:
         parser.error("--concurrency, --requests and --duration must be positive")
     if args.requests is not None:
@@ -651,7 +819,7 @@ def main(argv: list[str] | None = None) -> None:
         header = machine_header(command)  # load average taken just before measuring
         header[0] += f"; CPUs {100 * busy:.0f}% busy just before"
         port = args.port or free_port()
-        with lens_server(data_dir, port, work) as server:
+        with lens_server(data_dir, port, work, workers=args.workers, cache=args.cache) as server:
             phases, repos = asyncio.run(drive(server, args, queries))
     finally:
         if args.keep_data and args.index:
@@ -662,9 +830,12 @@ def main(argv: list[str] | None = None) -> None:
     nproc = len(os.sched_getaffinity(0))
     print("\n".join(header))
     print(
-        "server: one `lens serve` process (single uvicorn worker; lens.serve.cli has no workers option), "
-        "sync endpoints on AnyIO's thread pool; LENS_EMBED=0"
+        f"server: `lens serve --workers {args.workers}`"
+        + (" (one process)" if args.workers == 1 else f" (supervisor + {args.workers} worker processes)")
+        + "; searches on AnyIO's thread pool, at most LENS_SEARCH_CONCURRENCY per process; LENS_EMBED=0; "
+        + ("search cache on (server default)" if args.cache else "search cache off (LENS_CACHE_TTL_S=0)")
     )
+    print(f"client: --client {args.client}, {args.concurrency} closed-loop clients in the load phase")
     bound_text = f"{args.duration:g} s" if args.duration is not None else f"{args.requests} requests"
     print(
         f"phases: {bound_text} each, after a warm-up; {len(queries)} queries in the mix, limit={args.limit}"
@@ -674,6 +845,11 @@ def main(argv: list[str] | None = None) -> None:
     print("\n".join(lines))
     print()
     print(phase_table(phases, nproc, args.limit))
+    if args.workers > 1:
+        for p in phases:
+            shares = " / ".join(f"{100 * c / p.wall:.0f}%" for c in p.process_cpu if c > 0.005 * p.wall)
+            print(f"{p.name}: CPU per server process (busiest first; the supervisor is idle): {shares}")
+        print()
     print(query_table(phases, kinds, queries))
     errors = error_summary(phases)
     if errors:
@@ -686,6 +862,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.json:
         report = {
             "header": header,
+            "workers": args.workers,
+            "cache": args.cache,
+            "client": args.client,
             "repos": repos,
             "queries": [{"kind": k, "query": q} for k, q in zip(kinds, queries, strict=True)],
             "phases": [

@@ -47,7 +47,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _machine import cpu_and_ram
+from _machine import cpu_and_ram, fetch_corpus, lens_commit
 from lens.discover.filters import MINIFIED_SUFFIXES, VENDORED_DIRS
 from lens.index.catalog import Catalog
 from lens.query.ast import Regex, Term, case_sensitive
@@ -160,13 +160,12 @@ def machine_header(argv: list[str]) -> list[str]:
     cpu, ram_kib = cpu_and_ram()
     load = " ".join(Path("/proc/loadavg").read_text().split()[:3])  # other work on the machine skews times
     rg = subprocess.run(["rg", "--version"], capture_output=True, text=True, check=True).stdout.split("\n")[0]
-    git = ["git", "-C", str(PROJECT), "rev-parse", "--short", "HEAD"]
-    commit = subprocess.run(git, capture_output=True, text=True, check=False).stdout.strip()
+    commit = lens_commit()
     return [
         f"machine: {os.cpu_count()} CPUs (nproc), {cpu}, {ram_kib / 1024 / 1024:.1f} GiB RAM; "
         f"{platform.system()} {platform.release()}; load average at start {load}",
         f"date: {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}; Python {platform.python_version()};"
-        f" {rg}; lens commit {commit or 'unknown'}",
+        f" {rg}; lens commit {commit}",
         f"command: {shlex.join(['python', *argv])}",
     ]
 
@@ -186,13 +185,6 @@ class IndexStats:
     peak_rss_indexer_kib: int | None = None  # the indexing process itself
     peak_rss_workers_kib: int | None = None  # its largest child (parse worker, git)
     timings: dict[str, float] = field(default_factory=dict)
-
-
-def fetch_corpus(fetch: Path, name: str) -> Path:
-    out = subprocess.run(["bash", str(fetch), name], capture_output=True, text=True, check=False)
-    if out.returncode != 0:
-        sys.exit(f"fetch.sh {name} failed:\n{out.stderr}")
-    return Path(out.stdout.strip().splitlines()[-1])
 
 
 def shard_size(catalog: Catalog, name: str) -> int:
@@ -551,12 +543,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fetch", type=Path, default=DEFAULT_FETCH, help="path of fetch.sh")
     parser.add_argument("--json", type=Path, help="write the raw numbers here")
     parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="before timing, wait up to this long while other benchmarks/*.py processes run or the CPUs "
+        "are busier than --max-busy (as benchmarks/http_load.py does)",
+    )
+    parser.add_argument(
+        "--max-busy", type=float, default=0.25, help="CPU busy share that counts as quiet (default 0.25)"
+    )
+    parser.add_argument(
         "--index-child", nargs=3, metavar=("DATA_DIR", "NAME", "PATH"), help=argparse.SUPPRESS
     )
     args = parser.parse_args(argv)
     if args.index_child:
-        data_dir, name, path = args.index_child
-        index_child(Path(data_dir), name, Path(path))
+        child_dir, name, path = args.index_child
+        index_child(Path(child_dir), name, Path(path))
         return
     corpora: list[str] = args.corpus or ["go-std", "jdk"]
     if args.reuse_index and args.data_dir is None:
@@ -594,6 +597,12 @@ def run(args: argparse.Namespace, corpora: list[str], data_dir: Path, header: li
 
     searcher = Searcher(catalog)
     facts = ShardFacts(catalog, corpora)
+    if args.wait_quiet > 0:
+        from http_load import wait_for_quiet
+
+        busy = wait_for_quiet(args.wait_quiet, args.max_busy)
+        load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+        header.append(f"just before the queries: CPUs {100 * busy:.0f}% busy, load average {load}")
     print("running queries ...", file=sys.stderr)
     results, notes = run_queries(searcher, facts, roots, args)
     ranked = scored_latency(searcher, "ranked", args.runs)

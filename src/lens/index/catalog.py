@@ -22,6 +22,8 @@ import os
 import re
 import shutil
 import sqlite3
+import stat
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +34,19 @@ from lens.index.shard import SCHEMA_VERSION
 SHARD_FILE = "shard.sqlite"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _GEN_RE = re.compile(r"^g(\d{6,})$")
+# Read-path caches trust a file's stat only once it is older than this: two changes within one
+# mtime tick would otherwise look like one (the "racy clean" problem git's index has too).
+_SETTLED_NS = 1_000_000_000
+
+_StatKey = tuple[int, int, int, int]
+
+
+def _stat_key(st: os.stat_result) -> _StatKey:
+    return (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
+
+
+def _settled(st: os.stat_result) -> bool:
+    return time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > _SETTLED_NS
 
 
 def validate_name(name: str) -> str:
@@ -44,27 +59,59 @@ def validate_name(name: str) -> str:
 
 
 class Catalog:
-    """The set of indexed repositories under one data directory."""
+    """The set of indexed repositories under one data directory.
+
+    Searches ask for the repository list and each live generation on every request, so the
+    read path caches both, keyed by the stat of ``repos/`` and of each ``CURRENT`` (a publish
+    replaces ``CURRENT`` by a rename, a new inode): one ``stat`` per lookup instead of a
+    directory listing and file reads, and any change, by this process or another, is seen.
+    """
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
         self.repos_dir = data_dir / "repos"
         self.repos_dir.mkdir(parents=True, exist_ok=True)
+        self._listing: tuple[_StatKey, list[str]] | None = None
+        self._pointers: dict[str, tuple[_StatKey, Path]] = {}
 
     def repo_dir(self, name: str) -> Path:
         return self.repos_dir / validate_name(name)
 
+    def _entries(self) -> list[str]:
+        st = os.stat(self.repos_dir)
+        key = _stat_key(st)
+        cached = self._listing
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        entries = sorted(p.name for p in self.repos_dir.iterdir())
+        if _settled(st):
+            self._listing = (key, entries)
+        return entries
+
     def names(self) -> list[str]:
-        return sorted(p.name for p in self.repos_dir.iterdir() if (p / "CURRENT").is_file())
+        return [name for name in self._entries() if _is_file(self.repos_dir / name / "CURRENT")]
 
     def current_generation_dir(self, name: str) -> Path | None:
         repo = self.repo_dir(name)
+        try:
+            st = os.stat(repo / "CURRENT")
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        key = _stat_key(st)
+        cached = self._pointers.get(name)
+        if cached is not None and cached[0] == key:
+            return cached[1]
         try:
             gen = (repo / "CURRENT").read_text().strip()
         except FileNotFoundError:
             return None
         path = repo / gen
-        return path if (path / SHARD_FILE).is_file() else None
+        if not (path / SHARD_FILE).is_file():
+            return None
+        if _settled(st):
+            # CURRENT is never written in place, so this inode always names this generation.
+            self._pointers[name] = (key, path)
+        return path
 
     def current_shard(self, name: str) -> Path | None:
         gen = self.current_generation_dir(name)
@@ -164,6 +211,13 @@ class Catalog:
             yield
         finally:
             os.close(fd)
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
 
 
 def _fsync_dir(path: Path) -> None:

@@ -7,6 +7,11 @@ is full, so common terms cost about as much as rare ones; the total is then an
 estimate and ``truncated`` says more exist. Within the collected window hits
 sort by category (symbol definition, whole word, partial), then rank class,
 then repository, path and line: a stable order for ties.
+
+Each shard gets its own prefilter: every literal contributes its rarest trigrams
+by that shard's document counts. Shards are read in order of how many files they
+may match (most first), so a page fills from the shard that has the hits instead
+of after verifying another shard's false candidates.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from lens.query.ast import Query, Term, case_sensitive
+from lens.query.ast import Query, Regex, Term, case_sensitive
 from lens.query.matchers import (
     ContentPredicate,
     PathFilter,
@@ -24,7 +29,7 @@ from lens.query.matchers import (
     compile_pattern,
     is_whole_word,
 )
-from lens.query.regex_plan import node_requirements, to_fts
+from lens.query.regex_plan import Req, estimate_files, node_requirements, to_fts
 from lens.query.results import Hit
 from lens.query.shards import FileInfo, Snapshot
 
@@ -63,6 +68,17 @@ class ExactState:
     timed_out: bool = False
     files_scanned: int = 0
     candidates: int = 0
+    # Hit lines found, including those of the last file read that did not fit the window.
+    matched_lines: int = 0
+    # Files read from the trigram stream (not the symbol-defining files read first) and their hit
+    # lines: the unbiased sample a truncated result's total is extrapolated from.
+    stream_files: int = 0
+    stream_lines: int = 0
+
+    def lines_per_file(self) -> float:
+        if self.stream_files:
+            return self.stream_lines / self.stream_files
+        return self.matched_lines / max(self.files_scanned, 1)
 
     @property
     def full(self) -> bool:
@@ -80,6 +96,8 @@ class ExactPlan:
         self.predicate = ContentPredicate(query.expr, self.case_sensitive) if query.expr else None
         self.positive: list[TermMatcher] = self.predicate.positive() if self.predicate else []
         self.term_names = [m.node.text for m in self.positive if isinstance(m.node, Term)]
+        # One term: a file matches iff the term finds a line in it, so the lines are searched once.
+        self.single_term = isinstance(query.expr, Term | Regex)
         self.path_filter = PathFilter(
             include=[compile_pattern(p, f.case, path_like=True) for p in f.paths],
             exclude=[compile_pattern(p, f.case, path_like=True) for p in f.exclude_paths],
@@ -87,8 +105,27 @@ class ExactPlan:
             exclude_langs=frozenset(f.exclude_langs),
         )
         self.sym_filters = [compile_pattern(p, f.case, path_like=False) for p in f.syms]
-        req = node_requirements(query.expr)
-        self.fts = to_fts(req) if req is not None else None
+        self.req: Req | None = node_requirements(query.expr)
+        self.fts = to_fts(self.req) if self.req is not None else None  # without trigram counts
+        self._prefilters: dict[tuple[str, int], tuple[str | None, int]] = {}
+
+    def prefilter(self, snap: Snapshot) -> tuple[str | None, int]:
+        """The FTS5 query for ``snap`` (None: every file is a candidate) and an upper bound on the
+        files it admits, both from the shard's trigram counts when it has them."""
+        key = (str(snap.shard), snap.generation)
+        found = self._prefilters.get(key)
+        if found is None:
+            if self.req is None:
+                found = (None, len(snap.files))
+            elif not snap.has_trigram_counts:
+                found = (self.fts, _count_matches(snap, self.fts))
+            else:
+                found = (
+                    to_fts(self.req, snap.trigram_count),
+                    estimate_files(self.req, snap.trigram_count, len(snap.files)),
+                )
+            self._prefilters[key] = found
+        return found
 
     def name_matches_term(self, name: str) -> bool:
         if self.case_sensitive:
@@ -102,6 +139,13 @@ class ExactPlan:
 
 def _guard(conn: sqlite3.Connection, deadline: Deadline) -> None:
     conn.set_progress_handler(lambda: 1 if deadline.expired() else 0, 20000)
+
+
+def _count_matches(snap: Snapshot, fts: str | None) -> int:
+    if fts is None:
+        return len(snap.files)
+    row = snap.conn.execute("SELECT count(*) FROM files_fts WHERE files_fts MATCH ?", (fts,)).fetchone()
+    return int(row[0])
 
 
 def _stream_ids(snap: Snapshot, fts: str | None) -> Iterator[int]:
@@ -124,10 +168,29 @@ def _symbol_first_ids(snap: Snapshot, plan: ExactPlan) -> list[int]:
     return sorted(ids)
 
 
-def _symbols_in_file(snap: Snapshot, file_id: int) -> list[tuple[int, str, str, str | None]]:
-    return snap.conn.execute(
-        "SELECT line, name, kind, container FROM symbols WHERE file_id = ? ORDER BY line", (file_id,)
+def _term_definitions(
+    snap: Snapshot, plan: ExactPlan, file_id: int
+) -> dict[int, tuple[str, str, str | None]]:
+    """line -> (name, kind, container) of the file's definitions named like a search term."""
+    names = plan.term_names
+    marks = ", ".join("?" * len(names))
+    params: list[object] = [file_id, *names]
+    if plan.case_sensitive:
+        where = f"name IN ({marks})"
+    elif all(n.isascii() for n in names):
+        # NOCASE folds ASCII only; a name with other characters may still casefold to a term,
+        # so those rows go to the exact check below as well.
+        where = f"(name COLLATE NOCASE IN ({marks}) OR name GLOB ?)"
+        params.append("*[^\x01-\x7f]*")
+    else:
+        where = "1"
+        params = [file_id]
+    rows = snap.conn.execute(
+        f"SELECT line, name, kind, container FROM symbols WHERE file_id = ? AND {where} ORDER BY line", params
     ).fetchall()
+    return {
+        line: (name, kind, container) for line, name, kind, container in rows if plan.name_matches_term(name)
+    }
 
 
 def _decode_line(raw: bytes) -> str:
@@ -170,76 +233,73 @@ class _FileLines:
         return before, after
 
 
+# A hit line before it is shown: (category, line number, line start, line end, spans, why, symbol).
+_Pending = tuple[int, int, int, int, list[tuple[int, int]], set[str], tuple[str, str, str | None] | None]
+
+
 def _file_hits(
     snap: Snapshot,
     plan: ExactPlan,
     info: FileInfo,
     content: bytes,
     sym_lines: dict[int, tuple[str, str, str | None]] | None,
-) -> list[_Line]:
-    """All hit lines of one file that passed the predicate."""
-    fl = _FileLines(content)
-    out: list[_Line] = []
+    room: int,
+    defines_term: bool,
+) -> tuple[list[_Line], int]:
+    """The hit lines of one file that passed the predicate, and how many there are.
+
+    Only the first ``room`` lines in window order (category, then line) are shown: the rest
+    could never make the page, and showing a line (decoding, ranges, context) costs more
+    than finding it.
+    """
+    pending: list[_Pending] = []
     if sym_lines is not None:
         # sym: filter: the definition lines are the results.
-        by_line: dict[int, tuple[int, int, list[tuple[int, int]], set[str]]] = {}
         offsets = _line_offsets_for(content, sorted(sym_lines))
-        for line_no, (ls, le) in offsets.items():
+        for line_no, (ls, le) in sorted(offsets.items()):
             name = sym_lines[line_no][0]
-            raw = content[ls:le]
-            pos = raw.find(name.encode())
+            pos = content[ls:le].find(name.encode())
             spans = [(pos, pos + len(name.encode()))] if pos >= 0 else []
-            by_line[line_no] = (ls, le, spans, {"symbol"})
-        for line_no, (ls, le, spans, why) in sorted(by_line.items()):
-            out.append(
-                _make_line(
-                    snap,
-                    plan,
-                    info,
-                    fl,
-                    content,
-                    line_no,
-                    ls,
-                    le,
-                    spans,
-                    why,
-                    CATEGORY_SYMBOL,
-                    sym_lines[line_no],
-                )
-            )
-        return out
-    merged: dict[int, tuple[int, list[tuple[int, int]], set[str], bool]] = {}
-    for m in plan.positive:
-        for ls, le, spans in m.lines(content):
-            cur = merged.get(ls)
-            word = not m.is_regex and any(is_whole_word(content[ls:le], s, e) for s, e in spans)
-            if cur is None:
-                merged[ls] = (le, list(spans), {m.why}, word)
+            pending.append((CATEGORY_SYMBOL, line_no, ls, le, spans, {"symbol"}, sym_lines[line_no]))
+    else:
+        merged: dict[int, tuple[int, list[tuple[int, int]], set[str], bool]] = {}
+        for m in plan.positive:
+            for ls, le, spans in m.lines(content):
+                cur = merged.get(ls)
+                word = not m.is_regex and any(is_whole_word(content[ls:le], s, e) for s, e in spans)
+                if cur is None:
+                    merged[ls] = (le, list(spans), {m.why}, word)
+                else:
+                    cur[1].extend(spans)
+                    cur[2].add(m.why)
+                    merged[ls] = (le, cur[1], cur[2], cur[3] or word)
+        if not merged:
+            return [], 0
+        # Only files found by _symbol_first_ids define a symbol named like a term.
+        defs = _term_definitions(snap, plan, info.id) if plan.term_names and defines_term else {}
+        fl_numbers = _FileLines(content)
+        for ls in sorted(merged):
+            le, spans, why, word = merged[ls]
+            line_no = fl_numbers.number(ls)
+            symbol = defs.get(line_no)
+            if word:
+                why = {"word", *(w for w in why if w != "substring")}
+            if symbol is not None:
+                category = CATEGORY_SYMBOL
+                why = {"symbol", *why}
             else:
-                cur[1].extend(spans)
-                cur[2].add(m.why)
-                merged[ls] = (le, cur[1], cur[2], cur[3] or word)
-    if not merged:
-        return out
-    defs: dict[int, tuple[str, str, str | None]] = {}
-    if plan.term_names:
-        for line, name, kind, container in _symbols_in_file(snap, info.id):
-            if plan.name_matches_term(name):
-                defs[line] = (name, kind, container)
-    for ls in sorted(merged):
-        le, spans, why, word = merged[ls]
-        line_no = fl.number(ls)
-        symbol = defs.get(line_no)
-        if word:
-            why = {"word", *(w for w in why if w != "substring")}
-        if symbol is not None:
-            category = CATEGORY_SYMBOL
-            why = {"symbol", *why}
-        else:
-            category = CATEGORY_WORD if word else CATEGORY_PARTIAL
-        spans = sorted(set(spans))
-        out.append(_make_line(snap, plan, info, fl, content, line_no, ls, le, spans, why, category, symbol))
-    return out
+                category = CATEGORY_WORD if word else CATEGORY_PARTIAL
+            pending.append((category, line_no, ls, le, sorted(set(spans)), why, symbol))
+    found = len(pending)
+    if found > room:
+        pending.sort(key=lambda p: (p[0], p[1]))
+        del pending[room:]
+    fl = _FileLines(content)
+    out = [
+        _make_line(snap, plan, info, fl, content, line_no, ls, le, spans, why, category, symbol)
+        for category, line_no, ls, le, spans, why, symbol in pending
+    ]
+    return out, found
 
 
 def _line_offsets_for(content: bytes, line_numbers: list[int]) -> dict[int, tuple[int, int]]:
@@ -345,12 +405,14 @@ def _search(snap: Snapshot, plan: ExactPlan, state: ExactState, deadline: Deadli
         _search_paths(snap, plan, state, deadline)
         return
     sym_index = _sym_index(snap, plan) if plan.sym_filters else None
+    first_set: set[int] = set()
     if sym_index is not None:
         order: Iterable[int] = sorted(sym_index)
     else:
         first = _symbol_first_ids(snap, plan)
         first_set = set(first)
-        order = _chain(first, (i for i in _stream_ids(snap, plan.fts) if i not in first_set))
+        fts = plan.prefilter(snap)[0]
+        order = _chain(first, (i for i in _stream_ids(snap, fts) if i not in first_set))
     for file_id in order:
         if state.full:
             state.exhausted = False
@@ -363,10 +425,19 @@ def _search(snap: Snapshot, plan: ExactPlan, state: ExactState, deadline: Deadli
         state.candidates += 1
         content = snap.content(file_id)
         state.files_scanned += 1
-        if plan.predicate is not None and not plan.predicate.evaluate(content):
-            continue
+        sampled = file_id not in first_set
+        state.stream_files += sampled
         sym_lines = sym_index.get(file_id) if sym_index is not None else None
-        state.lines.extend(_file_hits(snap, plan, info, content, sym_lines))
+        checked_by_hits = plan.single_term and sym_lines is None
+        if plan.predicate is not None and not checked_by_hits and not plan.predicate.evaluate(content):
+            continue
+        room = state.want - len(state.lines)
+        lines, found = _file_hits(snap, plan, info, content, sym_lines, room, not sampled)
+        state.lines.extend(lines)
+        state.matched_lines += found
+        state.stream_lines += found if sampled else 0
+        if found > room:  # lines were left out: this is not every hit
+            state.exhausted = False
 
 
 def _chain(first: list[int], rest: Iterator[int]) -> Iterator[int]:
@@ -399,13 +470,23 @@ def _search_paths(snap: Snapshot, plan: ExactPlan, state: ExactState, deadline: 
             why=["path"],
         )
         state.lines.append(_Line((CATEGORY_PARTIAL, info.rank_class, snap.repo, info.path, 0), hit))
+        state.matched_lines += 1
 
 
 def estimate_candidates(snap: Snapshot, plan: ExactPlan) -> int:
-    if plan.fts is None:
-        return len(snap.files)
-    row = snap.conn.execute("SELECT count(*) FROM files_fts WHERE files_fts MATCH ?", (plan.fts,)).fetchone()
-    return int(row[0])
+    """Candidate files of ``snap`` (an upper bound from trigram counts; no index scan)."""
+    return plan.prefilter(snap)[1]
+
+
+def reading_order(snaps: list[Snapshot], plan: ExactPlan) -> list[Snapshot]:
+    """The order to read shards in: most candidate files first, then by repository name.
+
+    The order only decides which hits fill a truncated page first (and it is the same for
+    every page of a query, since it depends only on the shards' generations).
+    """
+    if len(snaps) <= 1 or plan.query.filters.type == "file" or plan.sym_filters:
+        return snaps
+    return sorted(snaps, key=lambda snap: (-estimate_candidates(snap, plan), snap.repo))
 
 
 def finish(state: ExactState, offset: int, limit: int, ordering: str) -> tuple[list[Hit], bool]:

@@ -38,6 +38,10 @@ def is_whole_word(line: bytes, start: int, end: int) -> bool:
     return left_ok and right_ok
 
 
+# ASCII letters whose Unicode case-folding orbit leaves ASCII: K (KELVIN SIGN), S (LONG S).
+_FOLDS_OUTSIDE_ASCII = frozenset(b"kKsS")
+
+
 class TermMatcher:
     """One literal or regex term, compiled for the query's case mode."""
 
@@ -46,27 +50,49 @@ class TermMatcher:
         self.is_regex = isinstance(node, Regex)
         self.why = "regex" if self.is_regex else "substring"
         flags = "" if case_sensitive else "(?i)"
+        # A case-insensitive ASCII literal is found with bytes.find in ASCII-lowered text: RE2's (?i)
+        # matches the same bytes, since no ASCII letter folds outside ASCII but K and S (checked per
+        # text: their non-ASCII partners cannot occur in ASCII text).
+        self.folded: bytes | None = None
+        self._folds_always = False
         if isinstance(node, Term):
             self.literal: bytes | None = node.text.encode() if case_sensitive else None
             source = flags + re2.escape(node.text)
+            if not case_sensitive and node.text.isascii() and "\n" not in node.text:
+                self.folded = node.text.lower().encode()
+                self._folds_always = not any(b in _FOLDS_OUTSIDE_ASCII for b in self.folded)
         else:
             self.literal = None
             source = "(?m)" + flags + node.pattern
         self.regex = _compile(source.encode())
         self.matches_empty = self.regex.search(b"") is not None
 
+    def _lowered(self, text: bytes) -> bytes | None:
+        """``text`` ASCII-lowered when the folded literal may be searched in it; else None."""
+        if self.folded is None or not (self._folds_always or text.isascii()):
+            return None
+        return text.lower()
+
     def present(self, content: bytes) -> bool:
         if self.literal is not None:
             return self.literal in content
+        if self.folded is not None and (lowered := self._lowered(content)) is not None:
+            return self.folded in lowered
         return next(self.lines(content), None) is not None
+
+    @staticmethod
+    def _find_all(hay: bytes, lit: bytes) -> list[Span]:
+        spans, start = [], 0
+        while (pos := hay.find(lit, start)) >= 0:
+            spans.append((pos, pos + len(lit)))
+            start = pos + max(len(lit), 1)
+        return spans
 
     def line_spans(self, line: bytes) -> list[Span]:
         if self.literal is not None:
-            spans, lit, start = [], self.literal, 0
-            while (pos := line.find(lit, start)) >= 0:
-                spans.append((pos, pos + len(lit)))
-                start = pos + max(len(lit), 1)
-            return spans
+            return self._find_all(line, self.literal)
+        if self.folded is not None and (lowered := self._lowered(line)) is not None:
+            return self._find_all(lowered, self.folded)
         out: list[Span] = []
         for m in self.regex.finditer(line):
             s, e = m.span()
@@ -77,7 +103,10 @@ class TermMatcher:
     def lines(self, content: bytes) -> Iterator[LineMatch]:
         """Every line with a match, in order, each once."""
         if self.literal is not None:
-            yield from self._literal_lines(content, self.literal)
+            yield from self._literal_lines(content, content, self.literal)
+            return
+        if self.folded is not None and (lowered := self._lowered(content)) is not None:
+            yield from self._literal_lines(content, lowered, self.folded)
             return
         if self.matches_empty:
             yield from self._all_lines(content)
@@ -99,14 +128,16 @@ class TermMatcher:
                     break
                 ls = le + 1
 
-    def _literal_lines(self, content: bytes, lit: bytes) -> Iterator[LineMatch]:
+    def _literal_lines(self, content: bytes, hay: bytes, lit: bytes) -> Iterator[LineMatch]:
+        """Lines of ``content`` holding ``lit``, searched in ``hay`` (``content`` or its lowered copy:
+        the same length, the same newlines)."""
         start = 0
-        while (pos := content.find(lit, start)) >= 0:
-            ls = content.rfind(b"\n", 0, pos) + 1
-            le = content.find(b"\n", pos)
+        while (pos := hay.find(lit, start)) >= 0:
+            ls = hay.rfind(b"\n", 0, pos) + 1
+            le = hay.find(b"\n", pos)
             if le < 0:
-                le = len(content)
-            yield ls, le, self.line_spans(content[ls:le])
+                le = len(hay)
+            yield ls, le, self._find_all(hay[ls:le], lit)
             start = le + 1
 
     def _all_lines(self, content: bytes) -> Iterator[LineMatch]:

@@ -4,11 +4,18 @@ The prefilter only narrows which files are read; every candidate is verified,
 so a prefilter may admit too much but must never exclude a file that matches.
 When in doubt (short literals, regex syntax Python's parser reads differently
 from RE2), it returns ``None``: scan every file.
+
+Regexes are read the way Russ Cox's codesearch reads them: small alternations and
+character classes expand into the set of exact strings they can match
+(``func (Read|Write)Byte`` -> ``func ReadByte`` or ``func WriteByte``), so the trigrams that span
+a group's boundary filter too. Each literal then contributes its rarest trigrams,
+chosen with the shard's per-trigram document counts when they are known.
 """
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,7 +57,7 @@ def _all(items: list[Req | None]) -> Req | None:
 def _any(items: list[Req | None]) -> Req | None:
     if not items or any(i is None for i in items):
         return None
-    kept = [i for i in items if i is not None]
+    kept = list(dict.fromkeys(i for i in items if i is not None))
     return kept[0] if len(kept) == 1 else AnyOf(tuple(kept))
 
 
@@ -76,40 +83,110 @@ class _Unsupported(Exception):
     pass
 
 
-def _seq(items: list[tuple[Any, Any]]) -> Req | None:
-    reqs: list[Req | None] = []
-    run: list[str] = []
+# An exact set lists every string a piece of regex can match; past these sizes it is given up.
+_MAX_EXACT = 32
+_MAX_CLASS = 8
+_MAX_EXACT_REPEAT = 3
 
-    def flush() -> None:
-        if run:
-            reqs.append(_literal("".join(run)))
-            run.clear()
+_Item = tuple[Any, Any]
+
+
+def _exact_seq(items: list[_Item]) -> frozenset[str] | None:
+    out: frozenset[str] = frozenset({""})
+    for op, av in items:
+        ex = _exact(op, av)
+        if ex is None or len(out) * len(ex) > _MAX_EXACT:
+            return None
+        out = frozenset(a + b for a in out for b in ex)
+    return out
+
+
+def _exact(op: Any, av: Any) -> frozenset[str] | None:
+    """Every string the regex item ``(op, av)`` can match, when that set is small; else None."""
+    name = str(op)
+    if name == "LITERAL":
+        return frozenset({chr(av)})
+    if name == "AT":
+        return frozenset({""})  # anchors consume nothing
+    if name == "SUBPATTERN":
+        return _exact_seq(list(av[-1]))
+    if name == "ATOMIC_GROUP":
+        return _exact_seq(list(av))
+    if name == "BRANCH":
+        alts = [_exact_seq(list(alt)) for alt in av[1]]
+        if any(a is None for a in alts):
+            return None
+        union = frozenset(s for a in alts if a is not None for s in a)
+        return union if len(union) <= _MAX_EXACT else None
+    if name == "IN":
+        chars: set[str] = set()
+        for iop, iav in av:
+            iname = str(iop)
+            if iname == "LITERAL":
+                chars.add(chr(iav))
+            elif iname == "RANGE" and iav[1] - iav[0] < _MAX_CLASS:
+                chars.update(chr(c) for c in range(iav[0], iav[1] + 1))
+            else:  # NEGATE, CATEGORY (\w, \d, ...), big ranges
+                return None
+            if len(chars) > _MAX_CLASS:
+                return None
+        return frozenset(chars)
+    if name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
+        lo, hi, sub = av
+        ex = _exact_seq(list(sub))
+        if ex is None:
+            return None
+        if (lo, hi) == (0, 1):
+            return ex | {""}
+        if lo == hi and lo <= _MAX_EXACT_REPEAT and len(ex) ** lo <= _MAX_EXACT:
+            out: frozenset[str] = frozenset({""})
+            for _ in range(lo):
+                out = frozenset(a + b for a in out for b in ex)
+            return out
+    return None
+
+
+def _inexact(op: Any, av: Any) -> Req | None:
+    """What a regex item without a small exact set requires of every match."""
+    name = str(op)
+    if name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
+        lo, _hi, sub = av
+        return _seq(list(sub)) if lo >= 1 else None
+    if name == "SUBPATTERN":
+        return _seq(list(av[-1]))
+    if name == "ATOMIC_GROUP":
+        return _seq(list(av))
+    if name == "BRANCH":
+        return _any([_seq(list(alt)) for alt in av[1]])
+    if name in ("ANY", "IN", "NOT_LITERAL", "CATEGORY"):
+        return None
+    raise _Unsupported(name)
+
+
+def _seq(items: list[_Item]) -> Req | None:
+    """Requirements of a concatenation: runs of exact items become a set of literals, one of
+    which every match contains; an item without an exact set cuts the run."""
+    reqs: list[Req | None] = []
+    run: frozenset[str] = frozenset({""})
+
+    def cut() -> None:
+        nonlocal run
+        if run != {""}:
+            # A match containing "abcd" contains "abc": only the minimal strings matter.
+            minimal = [s for s in sorted(run) if not any(o != s and o in s for o in run)]
+            reqs.append(_any([_literal(s) for s in minimal]))
+        run = frozenset({""})
 
     for op, av in items:
-        name = str(op)
-        if name == "LITERAL":
-            run.append(chr(av))
-        elif name == "AT":
-            continue  # anchors consume nothing: the run stays contiguous
-        elif name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
-            lo, _hi, sub = av
-            flush()
-            if lo >= 1:
-                reqs.append(_seq(list(sub)))
-        elif name == "SUBPATTERN":
-            flush()
-            reqs.append(_seq(list(av[-1])))
-        elif name == "ATOMIC_GROUP":
-            flush()
-            reqs.append(_seq(list(av)))
-        elif name == "BRANCH":
-            flush()
-            reqs.append(_any([_seq(list(alt)) for alt in av[1]]))
-        elif name in ("ANY", "IN", "NOT_LITERAL", "CATEGORY"):
-            flush()
-        else:
-            raise _Unsupported(name)
-    flush()
+        ex = _exact(op, av)
+        if ex is not None:
+            if len(run) * len(ex) > _MAX_EXACT:
+                cut()
+            run = frozenset(a + b for a in run for b in ex)
+            continue
+        cut()
+        reqs.append(_inexact(op, av))
+    cut()
     return _all(reqs)
 
 
@@ -129,8 +206,32 @@ def node_requirements(node: Node | None) -> Req | None:
     return None
 
 
+TrigramCount = Callable[[str], int]
+"""Documents of a shard that contain a trigram (case-folded, as FTS5 stores it)."""
+
+
 def _trigrams(text: str) -> list[str]:
-    grams = list(dict.fromkeys(text[i : i + 3] for i in range(len(text) - 2)))
+    """The literal's distinct trigrams (case-insensitively, as the index folds case), in order."""
+    seen: dict[str, str] = {}
+    for i in range(len(text) - 2):
+        gram = text[i : i + 3]
+        seen.setdefault(gram.lower(), gram)
+    return list(seen.values())
+
+
+def choose_trigrams(text: str, count: TrigramCount | None = None) -> list[str]:
+    """The trigrams of ``text`` to AND in the prefilter.
+
+    With document counts: the rarest ``_MAX_TRIGRAMS_PER_LITERAL`` (a trigram no file has is
+    enough on its own). Every subset is sound, and the rare ones do the filtering while the common
+    ones only add doclist reads. Without counts: up to that many, evenly spaced over the literal.
+    """
+    grams = _trigrams(text)
+    if count is not None:
+        ranked = sorted(range(len(grams)), key=lambda i: (count(grams[i].lower()), i))
+        if ranked and count(grams[ranked[0]].lower()) == 0:
+            return [grams[ranked[0]]]
+        return [grams[i] for i in sorted(ranked[:_MAX_TRIGRAMS_PER_LITERAL])]
     if len(grams) <= _MAX_TRIGRAMS_PER_LITERAL:
         return grams
     step = (len(grams) - 1) / (_MAX_TRIGRAMS_PER_LITERAL - 1)
@@ -141,10 +242,19 @@ def _quote(gram: str) -> str:
     return '"' + gram.replace('"', '""') + '"'
 
 
-def to_fts(req: Req) -> str:
-    """FTS5 MATCH syntax: each literal becomes an AND of its trigrams."""
+def to_fts(req: Req, count: TrigramCount | None = None) -> str:
+    """FTS5 MATCH syntax: each literal becomes an AND of its (rarest) trigrams."""
     if isinstance(req, Lit):
-        return " AND ".join(_quote(g) for g in _trigrams(req.text))
+        return " AND ".join(_quote(g) for g in choose_trigrams(req.text, count))
     if isinstance(req, AllOf):
-        return " AND ".join(f"({to_fts(i)})" for i in req.items)
-    return " OR ".join(f"({to_fts(i)})" for i in req.items)
+        return " AND ".join(f"({to_fts(i, count)})" for i in req.items)
+    return " OR ".join(f"({to_fts(i, count)})" for i in req.items)
+
+
+def estimate_files(req: Req, count: TrigramCount, files: int) -> int:
+    """An upper bound on the files :func:`to_fts` admits: a literal's rarest trigram's count."""
+    if isinstance(req, Lit):
+        return min((count(g.lower()) for g in choose_trigrams(req.text, count)), default=files)
+    if isinstance(req, AllOf):
+        return min(estimate_files(i, count, files) for i in req.items)
+    return min(files, sum(estimate_files(i, count, files) for i in req.items))
