@@ -17,7 +17,7 @@ import importlib.resources
 import os
 import re
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -179,14 +179,15 @@ class MiniLMEmbedder:
         self._tokenizer_path = tokenizer_path
         self._load_lock = threading.Lock()
         self._session: Any = None
+        self._query_session: Any = None
         self._tokenizer: Any = None
         self._input_names: tuple[str, ...] = ()
         self._id_dtype: type[np.signedinteger[Any]] = np.int64
         self._output_name = ""
         self._output_pooled = False
-        self._query_cache: Callable[[str], FloatArray] = functools.lru_cache(maxsize=QUERY_CACHE_SIZE)(
-            self._embed_query_uncached
-        )
+        self._query_cache: functools._lru_cache_wrapper[FloatArray] = functools.lru_cache(
+            maxsize=QUERY_CACHE_SIZE
+        )(self._embed_query_uncached)
 
     def __repr__(self) -> str:
         return (
@@ -222,13 +223,13 @@ class MiniLMEmbedder:
         tok.enable_truncation(max_length=self.max_tokens)
         return tok
 
-    def _load_session(self) -> Any:
+    def _load_session(self, threads: int | None = None) -> Any:
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.intra_op_num_threads = self.intra_op_threads
+        opts.intra_op_num_threads = threads or self.intra_op_threads
         opts.inter_op_num_threads = 1
         try:
             return ort.InferenceSession(
@@ -283,7 +284,7 @@ class MiniLMEmbedder:
             out[idx] = self._run_batch([ids[i] for i in idx], int(lengths[idx].max()))
         return out
 
-    def _run_batch(self, ids: list[list[int]], width: int) -> FloatArray:
+    def _run_batch(self, ids: list[list[int]], width: int, session: Any = None) -> FloatArray:
         input_ids = np.zeros((len(ids), width), dtype=self._id_dtype)  # 0 = [PAD]
         mask = np.zeros((len(ids), width), dtype=self._id_dtype)
         for row, seq in enumerate(ids):
@@ -292,7 +293,7 @@ class MiniLMEmbedder:
         feed = {"input_ids": input_ids, "attention_mask": mask}
         if "token_type_ids" in self._input_names:
             feed["token_type_ids"] = np.zeros_like(input_ids)
-        (hidden,) = self._session.run([self._output_name], feed)
+        (hidden,) = (session or self._session).run([self._output_name], feed)
         hidden = np.asarray(hidden, dtype=np.float32)
         if self._output_pooled:
             return _l2_normalize(hidden)
@@ -306,8 +307,31 @@ class MiniLMEmbedder:
         """Cached on the exact text (last 1024): pagination repeats the same query. Read-only."""
         return self._query_cache(text)
 
+    def clear_query_cache(self) -> None:
+        """Forget cached query vectors (benchmarks use it to time the uncached path)."""
+        self._query_cache.cache_clear()
+
+    def _query_runner(self) -> Any:
+        """The session queries run on: a single-threaded one, loaded on first use.
+
+        One short query is too little work to split: on 2 cores a 2-thread session took 3-17 ms
+        per query against a steady ~5 ms for one thread (docs/benchmarks.md), and its pool threads
+        keep spinning after the run, taking a core from the scoring that follows. A separate session
+        also keeps queries from queueing behind an embedding pass's batches in the same process.
+        """
+        self.load()
+        if self._query_session is None:
+            with self._load_lock:
+                if self._query_session is None:
+                    self._query_session = (
+                        self._session if self.intra_op_threads == 1 else self._load_session(threads=1)
+                    )
+        return self._query_session
+
     def _embed_query_uncached(self, text: str) -> FloatArray:
-        vec: FloatArray = self.embed([text])[0]
+        session = self._query_runner()
+        ids = self._tokenizer.encode(text, add_special_tokens=True).ids
+        vec: FloatArray = self._run_batch([ids], len(ids), session)[0]
         vec.flags.writeable = False  # shared through the cache; a caller mutating it would corrupt it
         return vec
 

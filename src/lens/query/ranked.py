@@ -7,7 +7,11 @@ line is the first line in the chunk that contains a query token.
 
 from __future__ import annotations
 
+import json
 import re
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 from lens.parse.tokens import query_tokens
 from lens.query.ast import Regex, Term, positive_terms
@@ -42,15 +46,8 @@ _DOC_BUDGET = 8000
 
 def prune_tokens(snap: Snapshot, tokens: list[str]) -> list[str]:
     """The query tokens worth scoring, rarest first; tokens absent from the shard are dropped."""
-    snap.conn.execute(
-        "CREATE VIRTUAL TABLE IF NOT EXISTS temp.chunks_vocab USING fts5vocab(main, 'chunks_fts', 'row')"
-    )
-    dfs = []
-    for t in tokens:
-        row = snap.conn.execute("SELECT doc FROM temp.chunks_vocab WHERE term = ?", (t,)).fetchone()
-        if row is not None:
-            dfs.append((int(row[0]), t))
-    dfs.sort()
+    counts = doc_counts(snap, tokens)
+    dfs = sorted((df, t) for t, df in counts.items() if df is not None)
     kept: list[str] = []
     total = 0
     for df, t in dfs:
@@ -61,13 +58,143 @@ def prune_tokens(snap: Snapshot, tokens: list[str]) -> list[str]:
     return kept
 
 
-def search_ranked(snap: Snapshot, plan: ExactPlan, tokens: list[str], want: int) -> list[Hit]:
-    """Top ``want`` chunks of one shard by BM25, after path/lang filters."""
+# Document counts per token, per shard generation: reading one from fts5vocab walks the token's whole
+# document list (up to ~2 ms for a common token), and queries keep using the same words.
+# repository dir -> (shard file, generation, token -> count or None when absent)
+_df_cache: dict[str, tuple[str, int, dict[str, int | None]]] = {}
+_df_lock = threading.Lock()
+_DF_CACHE_TOKENS = 100_000
+
+
+def doc_counts(snap: Snapshot, tokens: Iterable[str]) -> dict[str, int | None]:
+    """How many chunks of this snapshot contain each token (None: the token is not indexed)."""
+    repo_dir, shard = str(snap.shard.parent.parent), str(snap.shard)
+    with _df_lock:
+        cached = _df_cache.get(repo_dir)
+        if cached is None or cached[0] != shard or cached[1] != snap.generation:
+            cached = _df_cache[repo_dir] = (shard, snap.generation, {})
+        known = cached[2]
+        if len(known) > _DF_CACHE_TOKENS:
+            known.clear()
+        out = {t: known[t] for t in tokens if t in known}
+    missing = [t for t in dict.fromkeys(tokens) if t not in out]
+    if missing:
+        snap.conn.execute(
+            "CREATE VIRTUAL TABLE IF NOT EXISTS temp.chunks_vocab USING fts5vocab(main, 'chunks_fts', 'row')"
+        )
+        for t in missing:
+            row = snap.conn.execute("SELECT doc FROM temp.chunks_vocab WHERE term = ?", (t,)).fetchone()
+            out[t] = int(row[0]) if row is not None else None
+        with _df_lock:
+            known.update((t, out[t]) for t in missing)
+    return out
+
+
+ChunkRow = tuple[int, int, int, str, str | None]  # file_id, start_line, end_line, kind, name
+
+
+def chunk_rows(snap: Snapshot, chunk_ids: list[int]) -> dict[int, ChunkRow]:
+    """The rows of these chunks, in one statement."""
+    if not chunk_ids:
+        return {}
+    rows = snap.conn.execute(
+        "SELECT id, file_id, start_line, end_line, kind, name FROM chunks"
+        " WHERE id IN (SELECT value FROM json_each(?))",
+        (json.dumps(chunk_ids),),
+    ).fetchall()
+    return {r[0]: (r[1], r[2], r[3], r[4], r[5]) for r in rows}
+
+
+class FileLines:
+    """File lines for one batch of hits from one snapshot: each file is read and split once.
+
+    :meth:`prefetch` reads many files in one statement, so that a thread can do all of a batch's
+    reading (no GIL held) and leave the splitting and decoding (Python) to another; after
+    :meth:`detach` (the snapshot is over) only prefetched files can be asked for.
+    """
+
+    def __init__(self, snap: Snapshot) -> None:
+        self.snap = snap
+        self._content: dict[int, bytes] = {}
+        self._needed: dict[int, int] = {}  # file id -> lines the batch will ask for, at most
+        self._split: dict[int, tuple[int, list[bytes]]] = {}
+        self._detached = False
+
+    def prefetch(self, needs: Iterable[tuple[int, int]]) -> None:
+        """Read the files of ``(file id, lines needed)`` pairs."""
+        for file_id, n in needs:
+            self._needed[file_id] = max(n, self._needed.get(file_id, 0))
+        wanted = [f for f in self._needed if f not in self._content]
+        if wanted:
+            rows = self.snap.conn.execute(
+                "SELECT id, CAST(content AS BLOB) FROM files WHERE id IN (SELECT value FROM json_each(?))",
+                (json.dumps(wanted),),
+            ).fetchall()
+            self._content.update((r[0], bytes(r[1])) for r in rows)
+            self._content.update((f, b"") for f in wanted if f not in self._content)
+
+    def detach(self) -> None:
+        self._detached = True
+
+    def upto(self, file_id: int, n: int) -> list[bytes]:
+        """``content.split(b"\\n", m)`` for some ``m >= n``: items before index ``n`` are lines."""
+        got = self._split.get(file_id)
+        if got is None or got[0] < n:
+            content = self._content.get(file_id)
+            if content is None:
+                if self._detached:
+                    raise RuntimeError(f"file {file_id} was not prefetched before the snapshot ended")
+                content = self.snap.content(file_id)
+            n = max(n, self._needed.get(file_id, 0))
+            got = self._split[file_id] = (n, content.split(b"\n", n))
+        return got[1]
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A scored chunk not yet turned into a :class:`Hit`: everything needed to show it later.
+
+    Searches over several shards first collect candidates from each shard, keep the best few
+    overall, and only then read file content for those (:meth:`materialize`), which is most of a
+    hit's cost.
+    """
+
+    score: float
+    file_id: int
+    start: int
+    end: int
+    kind: str
+    name: str | None
+    tokens: tuple[str, ...]
+    why: str
+
+    def needs(self, context: int) -> tuple[tuple[int, int], ...]:
+        return ((self.file_id, self.end + context),)
+
+    def materialize(self, lines: FileLines, context: int) -> Hit:
+        return chunk_hit(
+            lines.snap,
+            self.file_id,
+            self.start,
+            self.end,
+            self.kind,
+            self.name,
+            self.score,
+            list(self.tokens),
+            self.why,
+            context,
+            lines,
+        )
+
+
+def ranked_candidates(snap: Snapshot, plan: ExactPlan, tokens: list[str], want: int) -> list[Candidate]:
+    """Top ``want`` chunks of one shard by BM25, after path/lang filters, best first."""
     scored = prune_tokens(snap, tokens)
     if not scored:
         return []
     match = fts_or(scored)
-    hits: list[Hit] = []
+    shown = tuple(tokens)
+    out: list[Candidate] = []
     fetch = max(want * 2, 50)
     seen = 0
     while True:
@@ -76,31 +203,27 @@ def search_ranked(snap: Snapshot, plan: ExactPlan, tokens: list[str], want: int)
             " ORDER BY rank LIMIT ? OFFSET ?",
             (match, fetch, seen),
         ).fetchall()
+        chunks = chunk_rows(snap, [r[0] for r in rows])
         for chunk_id, score in rows:
-            hit = _chunk_hit(snap, plan, int(chunk_id), -float(score), tokens, "bm25")
-            if hit is not None:
-                hits.append(hit)
-                if len(hits) >= want:
-                    return hits
+            row = chunks.get(chunk_id)
+            if row is None:
+                continue
+            info = snap.files.get(row[0])
+            if info is None or not plan.path_filter.accepts(info.path, info.lang):
+                continue
+            out.append(Candidate(-float(score), row[0], row[1], row[2], row[3], row[4], shown, "bm25"))
+            if len(out) >= want:
+                return out
         if len(rows) < fetch:
-            return hits
+            return out
         seen += fetch
         fetch *= 4
 
 
-def _chunk_hit(
-    snap: Snapshot, plan: ExactPlan, chunk_id: int, score: float, tokens: list[str], why: str
-) -> Hit | None:
-    row = snap.conn.execute(
-        "SELECT file_id, start_line, end_line, kind, name FROM chunks WHERE id = ?", (chunk_id,)
-    ).fetchone()
-    if row is None:
-        return None
-    file_id, start, end, kind, name = row
-    info = snap.files.get(file_id)
-    if info is None or not plan.path_filter.accepts(info.path, info.lang):
-        return None
-    return chunk_hit(snap, info.id, start, end, kind, name, score, tokens, why, plan.context)
+def search_ranked(snap: Snapshot, plan: ExactPlan, tokens: list[str], want: int) -> list[Hit]:
+    """Top ``want`` chunks of one shard by BM25, after path/lang filters."""
+    lines = FileLines(snap)
+    return [c.materialize(lines, plan.context) for c in ranked_candidates(snap, plan, tokens, want)]
 
 
 def chunk_hit(
@@ -114,25 +237,31 @@ def chunk_hit(
     tokens: list[str],
     why: str,
     context: int = 0,
+    lines_of: FileLines | None = None,
 ) -> Hit:
     """A hit for a chunk span, shown at its most telling line."""
     info = snap.files[file_id]
     first = max(0, start - 1 - context)
-    raw = snap.content(file_id).split(b"\n", end + context)[first : end + context]
-    lines = [""] * first + [r.decode("utf-8", "replace") for r in raw]
-    span = lines[start - 1 : end]
+    split = (
+        lines_of.upto(file_id, end + context)
+        if lines_of is not None
+        else snap.content(file_id).split(b"\n", end + context)
+    )
+    raw = split[first : end + context]  # lines first+1 .. end+context
+    span = [r.decode("utf-8", "replace") for r in raw[start - 1 - first : end - first]]
     best = 0
-    lowered = [ln.lower() for ln in span]
     if name:
         for i, ln in enumerate(span):
             if name in ln:
                 best = i
                 break
     if tokens:
-        for i, ln in enumerate(lowered):
-            if any(t in ln for t in tokens):
-                best = i
-                break
+        # The first line holding any token is the line of the earliest match in the whole span
+        # (tokens never contain a newline): one scan per token instead of a loop over lines.
+        low_span = "\n".join(span).lower()
+        found = [p for p in (low_span.find(t) for t in tokens) if p >= 0]
+        if found:
+            best = low_span.count("\n", 0, min(found))
     line_no = start + best
     text = span[best] if span else ""
     ranges: list[tuple[int, int]] = []
@@ -152,9 +281,13 @@ def chunk_hit(
         ranges=sorted(ranges),
         score=score,
         why=[why],
-        before=[ln[:2000] for ln in lines[max(0, line_no - 1 - context) : line_no - 1]] if context else [],
-        after=[ln[:2000] for ln in lines[line_no : line_no + context]] if context else [],
+        before=_decoded(raw[max(0, line_no - 1 - context) - first : line_no - 1 - first]) if context else [],
+        after=_decoded(raw[line_no - first : line_no + context - first]) if context else [],
         start_line=start,
         end_line=end,
         symbol={"name": name, "kind": kind, "container": None} if name else None,
     )
+
+
+def _decoded(raw: list[bytes]) -> list[str]:
+    return [r.decode("utf-8", "replace")[:2000] for r in raw]

@@ -6,14 +6,20 @@ surface answers a query the same way.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
 
 from lens.errors import BadRequest
 from lens.index.catalog import Catalog
-from lens.index.embedder import Embedder
+from lens.index.embedder import Embedder, FloatArray
 from lens.query.ast import Query, Term, positive_terms
 from lens.query.exact import (
     Deadline,
@@ -21,13 +27,14 @@ from lens.query.exact import (
     ExactState,
     estimate_candidates,
     finish,
+    reading_order,
     search_snapshot,
 )
 from lens.query.matchers import compile_pattern
 from lens.query.parser import parse_query
-from lens.query.ranked import chunk_hit, ranked_tokens, search_ranked
+from lens.query.ranked import Candidate, FileLines, chunk_hit, ranked_candidates, ranked_tokens
 from lens.query.results import MODES, Hit, Mode, SearchResult, decode_cursor, encode_cursor, query_fingerprint
-from lens.query.semantic import search_semantic, semantic_status
+from lens.query.semantic import VectorTable, semantic_candidates, semantic_status, vector_table
 from lens.query.shards import ShardSet, ShardView, Snapshot
 
 MAX_LIMIT = 1000
@@ -122,8 +129,9 @@ class Searcher:
         state = ExactState(want=offset + limit + 1)
         candidates = 0
         scanned_candidates_known = True
-        for view in views:
-            with view.snapshot() as snap:
+        with ExitStack() as stack:
+            snaps = [stack.enter_context(view.snapshot()) for view in views]
+            for snap in reading_order(snaps, plan):
                 if not state.full and not state.timed_out:
                     search_snapshot(snap, plan, state, deadline)
                 if not state.exhausted and plan.query.filters.type == "line" and not state.timed_out:
@@ -137,8 +145,8 @@ class Searcher:
         if exact_total:
             total = len(state.lines)
         elif scanned_candidates_known and state.candidates:
-            per_file = len(state.lines) / max(state.files_scanned, 1)
-            total = max(len(state.lines), round(per_file * max(candidates, state.candidates)))
+            per_file = state.lines_per_file()
+            total = max(state.matched_lines, round(per_file * max(candidates, state.candidates)))
         else:
             total = len(state.lines)
         return SearchResult(
@@ -157,6 +165,13 @@ class Searcher:
     def _scored(
         self, mode: Mode, plan: ExactPlan, views: list[ShardView], offset: int, limit: int, deadline: Deadline
     ) -> SearchResult:
+        """Ranked, semantic and hybrid modes, in two passes over the shards, each shard on its own thread.
+
+        Pass 1 scores each shard and keeps its best ``offset + limit + 1`` candidates (chunk spans with
+        a score, no text yet). Pass 2 reads file content only for the candidates that can land on the
+        requested page, from the same shard generation. The page is the one a single pass that showed
+        every candidate and sorted them by (score desc, repo, path, line) would give.
+        """
         want = offset + limit + 1
         tokens = ranked_tokens(plan)
         query_text = " ".join(
@@ -169,39 +184,74 @@ class Searcher:
             raise BadRequest(
                 "ranked mode needs at least one word to rank by", details={"query": plan.query.source}
             )
-        hits: list[Hit] = []
+        query_vec = _QueryVector(embedder, query_text) if embedder is not None else None
+
+        def collect(view: ShardView, eager: bool) -> _ShardPart:
+            if deadline.expired():
+                return _ShardPart(view, None, [], None, timed_out=True)
+            with view.snapshot() as snap:
+                status = None
+                table = None
+                if embedder is not None:
+                    status = semantic_status(snap, embedder.model_id, embedder.dim)
+                    table = vector_table(snap, embedder.dim)
+                    if table.embedded == 0 or table.model != embedder.model_id:
+                        table = None
+                items: list[_Pending]
+                if mode == "ranked":
+                    items = list(ranked_candidates(snap, plan, tokens, want))
+                elif mode == "semantic":
+                    assert query_vec is not None
+                    found_sem = semantic_candidates(snap, plan, table, query_vec.get(), want) if table else []
+                    items = list(found_sem)
+                else:
+                    items = list(_hybrid_candidates(snap, plan, table, query_vec, tokens, want))
+                if eager:  # show every candidate in this snapshot; pass 2 then has nothing to read
+                    lines = FileLines(snap)
+                    items = [_Shown(it.materialize(lines, plan.context)) for it in items]
+                    lines.detach()
+                    return _ShardPart(view, (snap.shard, snap.generation), items, status, shown=lines)
+                return _ShardPart(view, (snap.shard, snap.generation), items, status)
+
+        for attempt in range(_PASS_ATTEMPTS):
+            # A shard that changed between the passes (an update committed) makes the whole search
+            # start again; the last attempt shows every candidate in pass 1's snapshot instead.
+            eager = attempt == _PASS_ATTEMPTS - 1
+            parts = _each(partial(collect, eager=eager), views)
+            found = sum(len(p.items) for p in parts)
+            selected, above = _select(parts, offset, limit)
+            # Pass 2 reads the files of the page's candidates on the shard threads (SQLite runs
+            # without the GIL), then shows the hits here: that part is Python, and threads would
+            # only pass the GIL back and forth.
+            fetched = _each(partial(_fetch, context=plan.context), selected)
+            if all(lines is not None for lines in fetched):
+                break
+        hits = [
+            item.materialize(lines, plan.context)
+            for (_part, items), lines in zip(selected, fetched, strict=True)
+            if lines is not None
+            for item in items
+        ]
+
         sem_status: dict[str, Any] | None = None
         warnings: list[str] = []
-        timed_out = False
-        for view in views:
-            if deadline.expired():
-                timed_out = True
-                break
-            with view.snapshot() as snap:
-                if embedder is not None:
-                    st = semantic_status(snap, embedder.model_id, embedder.dim)
-                    sem_status = _merge_status(sem_status, st)
-                if mode == "ranked":
-                    hits.extend(search_ranked(snap, plan, tokens, want))
-                elif mode == "semantic":
-                    assert embedder is not None
-                    hits.extend(search_semantic(snap, plan, embedder, query_text, want))
-                else:
-                    assert embedder is not None
-                    hits.extend(_hybrid(snap, plan, embedder, tokens, query_text, want))
+        timed_out = any(part.timed_out for part in parts)
+        for part in parts:
+            if part.status is not None:
+                sem_status = _merge_status(sem_status, part.status)
         if sem_status is not None and sem_status["status"] != "ready":
             warnings.append(
                 f"semantic index is {sem_status['status']}: {sem_status['embedded']} of {sem_status['total']}"
                 " chunks embedded; semantic results cover only those"
             )
         hits.sort(key=lambda h: (-h.score, h.repo, h.path, h.line_number))
-        page = hits[offset : offset + limit]
-        more = len(hits) > offset + limit
+        page = hits[offset - above : offset - above + limit]
+        more = found > offset + limit
         return SearchResult(
             query="",
             mode=mode,
             results=page,
-            total=len(hits) if not more else len(hits) - 1,
+            total=found if not more else found - 1,
             total_is_estimate=more,
             truncated=more,
             timed_out=timed_out,
@@ -211,6 +261,142 @@ class Searcher:
             stats={"shards": len(views), "tokens": tokens},
             warnings=warnings,
         )
+
+
+# -- ranked, semantic and hybrid: candidates per shard, then the page -------------------------------
+
+_PASS_ATTEMPTS = 3
+
+
+class _Pending(Protocol):
+    """A scored result whose text is read only if it makes the page."""
+
+    @property
+    def score(self) -> float: ...
+
+    def needs(self, context: int) -> tuple[tuple[int, int], ...]:
+        """(file id, lines) :meth:`materialize` reads: the file's first lines, up to that many."""
+        ...
+
+    def materialize(self, lines: FileLines, context: int) -> Hit: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Shown:
+    """A result already shown (its content read in the snapshot it was scored in)."""
+
+    hit: Hit
+
+    @property
+    def score(self) -> float:
+        return self.hit.score
+
+    def needs(self, context: int) -> tuple[tuple[int, int], ...]:
+        return ()
+
+    def materialize(self, lines: FileLines, context: int) -> Hit:
+        return self.hit
+
+
+@dataclass(slots=True)
+class _ShardPart:
+    view: ShardView
+    key: tuple[Path, int] | None  # (shard file, generation) the candidates were scored in
+    items: list[_Pending]
+    status: dict[str, Any] | None
+    timed_out: bool = False
+    shown: FileLines | None = None  # set when the items were shown in pass 1 (_Shown)
+
+
+_Selection = list[tuple["_ShardPart", list[_Pending]]]
+
+
+def _select(parts: list[_ShardPart], offset: int, limit: int) -> tuple[_Selection, int]:
+    """The candidates that can land on the page, per shard, and how many rank above all of them.
+
+    The page is positions ``offset .. offset+limit-1`` of every candidate sorted by score (ties are
+    ordered later by repo, path and line, which needs the text), so it holds exactly the candidates
+    scored between the scores at those two positions, ties included.
+    """
+    scores = sorted((it.score for p in parts for it in p.items), reverse=True)
+    if offset >= len(scores):
+        return [], 0
+    hi = scores[offset]
+    lo = scores[min(offset + limit, len(scores)) - 1]
+    above = sum(1 for sc in scores[:offset] if sc > hi)
+    selected = []
+    for part in parts:
+        chosen = [it for it in part.items if lo <= it.score <= hi]
+        if chosen:
+            selected.append((part, chosen))
+    return selected, above
+
+
+def _fetch(task: tuple[_ShardPart, list[_Pending]], context: int) -> FileLines | None:
+    """The files ``items`` show, read from the shard generation they were scored in; None if the
+    shard has changed since."""
+    part, items = task
+    if part.shown is not None:
+        return part.shown
+    with part.view.snapshot() as snap:
+        if (snap.shard, snap.generation) != part.key:
+            return None
+        lines = FileLines(snap)
+        lines.prefetch(need for it in items for need in it.needs(context))
+    lines.detach()
+    return lines
+
+
+class _QueryVector:
+    """The query's embedding, computed once per search by whichever shard needs it first."""
+
+    def __init__(self, embedder: Embedder, text: str) -> None:
+        self._embedder = embedder
+        self._text = text
+        self._lock = threading.Lock()
+        self._vec: FloatArray | None = None
+
+    def get(self) -> FloatArray:
+        with self._lock:
+            if self._vec is None:
+                self._vec = self._embedder.embed_query(self._text)
+            return self._vec
+
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+_pool_lock = threading.Lock()
+_pool: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def _shard_pool() -> ThreadPoolExecutor:
+    """Threads shared by all searches of the process (one per CPU, at least 2): SQLite's FTS5
+    scoring and numpy's matrix product release the GIL, so shards are scored in parallel."""
+    global _pool
+    pid = os.getpid()
+    if _pool is None or _pool[0] != pid:  # a forked child inherits the object but not its threads
+        with _pool_lock:
+            if _pool is None or _pool[0] != pid:
+                try:
+                    cpus = len(os.sched_getaffinity(0))
+                except AttributeError:  # not on Linux
+                    cpus = os.cpu_count() or 1
+                _pool = (pid, ThreadPoolExecutor(max_workers=max(2, cpus), thread_name_prefix="lens-shard"))
+    return _pool[1]
+
+
+def _each(fn: Callable[[_T], _R], items: Sequence[_T]) -> list[_R]:
+    """``fn`` over ``items``, results in order: the first on this thread, the others on the shard
+    pool (so a search always makes progress, even when other searches keep the pool busy)."""
+    if len(items) <= 1:
+        return [fn(x) for x in items]
+    futures = [_shard_pool().submit(fn, x) for x in items[1:]]
+    try:
+        first = fn(items[0])
+    except BaseException:
+        wait(futures)  # never return while a task still reads a shard for this search
+        raise
+    return [first, *(f.result() for f in futures)]
 
 
 def _merge_status(a: dict[str, Any] | None, b: dict[str, Any]) -> dict[str, Any]:
@@ -252,31 +438,64 @@ def _symbol_hits(snap: Snapshot, plan: ExactPlan, tokens: list[str], want: int) 
     return [t[3] for t in out[:want]]
 
 
-def _hybrid(
-    snap: Snapshot, plan: ExactPlan, embedder: Embedder, tokens: list[str], text: str, want: int
-) -> list[Hit]:
+@dataclass(slots=True)
+class _Fused:
+    """One chunk span in hybrid mode: its reciprocal-rank-fusion score over the signals that found it."""
+
+    base: Candidate | Hit  # the first signal's result for the span
+    score: float = 0.0
+    signals: dict[str, float] = field(default_factory=dict)
+    why: list[str] = field(default_factory=list)
+    symbol_hit: Hit | None = None  # a later symbol hit on the span: its line and symbol are shown
+
+    def needs(self, context: int) -> tuple[tuple[int, int], ...]:
+        return () if isinstance(self.base, Hit) else self.base.needs(context)
+
+    def materialize(self, lines: FileLines, context: int) -> Hit:
+        hit = self.base if isinstance(self.base, Hit) else self.base.materialize(lines, context)
+        if self.symbol_hit is not None:
+            sym = self.symbol_hit
+            hit.line_number, hit.line, hit.ranges = sym.line_number, sym.line, sym.ranges
+            hit.symbol = sym.symbol
+        hit.signals = self.signals
+        hit.why = self.why
+        hit.score = self.score
+        return hit
+
+
+def _hybrid_candidates(
+    snap: Snapshot,
+    plan: ExactPlan,
+    table: VectorTable | None,
+    query_vec: _QueryVector | None,
+    tokens: list[str],
+    want: int,
+) -> list[_Fused]:
     """Reciprocal rank fusion of ranked, semantic and symbol hits, keyed by chunk span."""
     depth = max(want, 50)
-    lists = {
-        "bm25": search_ranked(snap, plan, tokens, depth) if tokens else [],
-        "semantic": search_semantic(snap, plan, embedder, text, depth),
+    lists: dict[str, Sequence[Candidate | Hit]] = {
+        "bm25": ranked_candidates(snap, plan, tokens, depth) if tokens else [],
+        "semantic": (
+            semantic_candidates(snap, plan, table, query_vec.get(), depth)
+            if table is not None and query_vec is not None
+            else []
+        ),
         "symbol": _symbol_hits(snap, plan, tokens, depth),
     }
-    fused: dict[tuple[str, int, int], Hit] = {}
-    for signal, hits in lists.items():
-        for rank, hit in enumerate(hits):
-            key = (hit.path, hit.start_line or hit.line_number, hit.end_line or hit.line_number)
+    fused: dict[tuple[str, int, int], _Fused] = {}
+    for signal, items in lists.items():
+        for rank, item in enumerate(items):
+            if isinstance(item, Hit):
+                key = (item.path, item.start_line or item.line_number, item.end_line or item.line_number)
+            else:
+                key = (snap.files[item.file_id].path, item.start, item.end)
             cur = fused.get(key)
-            contribution = 1.0 / (RRF_K + rank + 1)
             if cur is None:
-                cur = fused[key] = hit
-                cur.signals = {}
-                cur.why = []
-                cur.score = 0.0
+                cur = fused[key] = _Fused(item)
             elif signal == "symbol":
-                cur.line_number, cur.line, cur.ranges = hit.line_number, hit.line, hit.ranges
-                cur.symbol = hit.symbol
-            cur.signals[signal] = round(hit.score, 6)
+                assert isinstance(item, Hit)
+                cur.symbol_hit = item
+            cur.signals[signal] = round(item.score, 6)
             cur.why.append(signal)
-            cur.score += contribution
+            cur.score += 1.0 / (RRF_K + rank + 1)
     return list(fused.values())
