@@ -193,6 +193,81 @@ def test_incremental_add_change_delete(
     assert not again.full_build
 
 
+def _shadow_rows(shard: Path) -> dict[str, list[tuple[object, ...]]]:
+    conn = sqlite3.connect(f"file:{shard}?mode=ro", uri=True)
+    try:
+        names = [
+            n
+            for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+            if n.startswith(("files_fts_", "chunks_fts_"))
+        ]
+        return {n: conn.execute(f"SELECT * FROM {n} ORDER BY 1, 2").fetchall() for n in names}
+    finally:
+        conn.close()
+
+
+def test_parallel_full_build_matches_serial_build(
+    make_repo: Callable[..., Path], lens_factory: Callable[..., Lens], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A big full build fills its FTS tables on side threads and copies them in: same index, same rows."""
+    from lens.index import builder
+
+    files = _base_files(90)
+    files["pkg/types.go"] = (
+        "package pkg\n\nfunc Outer(r interface{ Read() }) {\n\tif true {\n\t\ttype local struct{}\n\t}\n}\n"
+    )
+    files["docs/unicode.py"] = "def grüße(wert):\n    return 'Größe' + wert  # ünïcödé\n"
+    files["win/crlf.py"] = "def crlf_function():\r\n    return 1\r\n"
+    repo = make_repo(files)
+    assert len(files) >= builder._PARALLEL_MIN_FILES
+
+    parallel = lens_factory()
+    report = parallel.index(repo, name="r")
+    assert report.full_build and report.files == len(files)
+    generation_dir = parallel.catalog.require_shard("r").parent
+    assert sorted(p.name for p in generation_dir.iterdir() if p.name.startswith("side-")) == []
+
+    monkeypatch.setattr(builder, "_PARALLEL_MIN_FILES", 1 << 30)
+    serial = lens_factory()
+    serial.index(repo, name="r")
+
+    shard = parallel.catalog.require_shard("r")
+    assert _shadow_rows(shard) == _shadow_rows(serial.catalog.require_shard("r"))
+    with shard_conn(parallel, "r") as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        for table in ("chunks", "symbols", "files"):
+            other = shard_conn(serial, "r")
+            try:
+                assert (
+                    conn.execute(f"SELECT * FROM {table} ORDER BY 1").fetchall()
+                    == other.execute(f"SELECT * FROM {table} ORDER BY 1").fetchall()
+                )
+            finally:
+                other.close()
+        indexes = {n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        wanted = {"symbols_name", "symbols_name_nocase", "symbols_file", "chunks_file", "chunks_hash"}
+        assert wanted <= indexes
+    assert {s["name"] for s in parallel.symbols("r", "local")} == {"local"}
+    assert paths_of(parallel, "Größe") == {"docs/unicode.py"}
+    assert {h.path for h in parallel.search("grüße", mode="ranked").results} == {"docs/unicode.py"}
+
+    # Deleting rows later needs the very tokens the side threads inserted.
+    (repo / "docs/unicode.py").unlink()
+    (repo / "win/crlf.py").unlink()
+    write_files(repo, {"src/mod1.py": "def replaced():\n    return 2\n"})
+    commit_all(repo, "change")
+    assert not parallel.index(repo, name="r").full_build
+    rw = sqlite3.connect(parallel.catalog.require_shard("r"))
+    try:
+        for table in ("files_fts", "chunks_fts"):
+            rw.execute(f"INSERT INTO {table}({table}, rank) VALUES('integrity-check', 1)")
+        for token in ("größe", "crlf", "marker1x"):
+            n = rw.execute("SELECT count(*) FROM chunks_fts WHERE chunks_fts MATCH ?", (f'"{token}"',))
+            assert n.fetchone()[0] == 0, token
+    finally:
+        rw.close()
+
+
 def test_change_is_searchable_as_soon_as_index_returns(
     make_repo: Callable[..., Path], lens_factory: Callable[..., Lens]
 ) -> None:

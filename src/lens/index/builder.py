@@ -8,12 +8,16 @@ previous state searchable and the next run completes the work.
 
 from __future__ import annotations
 
+import hashlib
 import multiprocessing
 import os
+import queue
 import sqlite3
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,14 +30,16 @@ from lens.index.catalog import SHARD_FILE, Catalog
 from lens.index.embedding import embed_text, text_hash
 from lens.index.ranking import rank_class
 from lens.parse import parse_batch
-from lens.parse.model import Chunk, ParseResult
-from lens.parse.tokens import tokenize
+from lens.parse.model import Chunk
+from lens.parse.tokens import line_token_texts, token_text
 
 # (stage, done, total): stages are "discover", "parse", "write", "embed".
 Progress = Callable[[str, int, int], None]
 
 _PARALLEL_MIN_FILES = 64
 _BATCH_FILES = 128
+_BATCH_BYTES = 2 << 20  # a batch also ends at this much content, so huge files do not pile up
+_SIDE_QUEUE = 16  # batches waiting for a side FTS thread
 _FULL_REBUILD_FRACTION = 0.5
 
 
@@ -60,22 +66,13 @@ class IndexReport:
         return asdict(self)
 
 
-@dataclass
-class ParsedChunk:
-    start_line: int
-    end_line: int
-    kind: str
-    name: str | None
-    hash: str
-    tokens: str
-
-
-@dataclass
-class ParsedFile:
-    loaded: LoadedFile
-    result: ParseResult
-    chunks: list[ParsedChunk]
-    lines: int
+# Payloads between the indexer and its parse workers are plain tuples: pickling them is several
+# times cheaper than pickling dataclasses, and the workers get only what they need (not the oid or
+# sha256) and send back only what the indexer does not have (not the content).
+_Job = tuple[str, str | None, bytes]  # path, lang, content
+SymbolRow = tuple[str, str, str | None, int, int, int]  # name, kind, container, start, end, line
+ChunkRow = tuple[int, int, str, str | None, str, str]  # start, end, kind, name, hash, BM25 tokens
+Parsed = tuple[int, str, list[SymbolRow], list[ChunkRow]]  # lines, parser, symbols, chunks
 
 
 def chunk_body(content_lines: list[str], start_line: int, end_line: int) -> str:
@@ -83,56 +80,96 @@ def chunk_body(content_lines: list[str], start_line: int, end_line: int) -> str:
 
 
 def chunk_tokens(path: str, name: str | None, body: str) -> str:
-    """BM25 text of a chunk: derivable from stored data, so deletes can recompute it."""
-    return " ".join(tokenize(f"{path} {name or ''} {body}"))
+    """BM25 text of a chunk: derivable from stored data, so deletes can recompute it.
+
+    Equal to ``" ".join(tokenize(...))`` of the same text (contentless FTS5 deletes need the
+    tokens that were inserted, exactly).
+    """
+    return token_text(f"{path} {name or ''} {body}")
 
 
-def _prepare_chunks(path: str, content: str, chunks: list[Chunk]) -> list[ParsedChunk]:
-    lines = content.split("\n")
-    out = []
+def _chunk_rows(path: str, content: bytes, chunks: list[Chunk]) -> list[ChunkRow]:
+    """Hash and BM25 tokens of each chunk, as :func:`text_hash` / :func:`chunk_tokens` compute them.
+
+    ASCII files (nearly all code) are sliced and tokenized as bytes, without decoding.
+    """
+    out: list[ChunkRow] = []
+    if content.isascii():
+        blines = content.split(b"\n")
+        line_tokens = line_token_texts(content)
+        for c in chunks:
+            body = b"\n".join(blines[c.start_line - 1 : c.end_line])
+            digest = hashlib.sha256(embed_text(path, c.kind, c.name, "").encode("utf-8", "surrogatepass"))
+            digest.update(body)
+            head = token_text(f"{path} {c.name or ''}")
+            tokens = "".join(line_tokens[c.start_line - 1 : c.end_line])[:-1]
+            out.append(
+                (
+                    c.start_line,
+                    c.end_line,
+                    c.kind,
+                    c.name,
+                    digest.hexdigest(),
+                    f"{head} {tokens}" if head and tokens else head or tokens,
+                )
+            )
+        return out
+    lines = content.decode("utf-8").split("\n")
     for c in chunks:
-        body = chunk_body(lines, c.start_line, c.end_line)
+        text = "\n".join(lines[c.start_line - 1 : c.end_line])
         out.append(
-            ParsedChunk(
-                start_line=c.start_line,
-                end_line=c.end_line,
-                kind=c.kind,
-                name=c.name,
-                hash=text_hash(embed_text(path, c.kind, c.name, body)),
-                tokens=chunk_tokens(path, c.name, body),
+            (
+                c.start_line,
+                c.end_line,
+                c.kind,
+                c.name,
+                text_hash(embed_text(path, c.kind, c.name, text)),
+                chunk_tokens(path, c.name, text),
             )
         )
     return out
 
 
-def _parse_files(files: list[LoadedFile]) -> list[ParsedFile]:
+def _parse_jobs(jobs: list[_Job]) -> list[Parsed]:
     """Worker entry point (runs in a process pool for large runs)."""
-    results = parse_batch([(f.path, f.lang, f.content) for f in files])
-    out = []
-    for f, r in zip(files, results, strict=True):
-        text = f.content.decode("utf-8")
-        lines = text.count("\n") + (0 if text.endswith("\n") or not text else 1)
-        out.append(ParsedFile(f, r, _prepare_chunks(f.path, text, r.chunks), lines))
+    results = parse_batch(jobs, chunk_text=False)
+    out: list[Parsed] = []
+    for (path, _lang, content), r in zip(jobs, results, strict=True):
+        lines = content.count(b"\n") + (0 if content.endswith(b"\n") or not content else 1)
+        symbols = [(s.name, s.kind, s.container, s.start_line, s.end_line, s.line) for s in r.symbols]
+        out.append((lines, r.parser, symbols, _chunk_rows(path, content, r.chunks)))
     return out
 
 
-def _batched(items: Iterable[LoadedFile], size: int) -> Iterator[list[LoadedFile]]:
+def _batched(items: Iterable[LoadedFile], size: int, max_bytes: int) -> Iterator[list[LoadedFile]]:
     batch: list[LoadedFile] = []
+    nbytes = 0
     for it in items:
         batch.append(it)
-        if len(batch) >= size:
+        nbytes += len(it.content)
+        if len(batch) >= size or nbytes >= max_bytes:
             yield batch
             batch = []
+            nbytes = 0
     if batch:
         yield batch
 
 
-def _parsed_stream(files: Iterator[LoadedFile], total: int) -> Iterator[ParsedFile]:
-    """Parse in worker processes when the run is large enough to pay for them."""
+def _jobs(batch: list[LoadedFile]) -> list[_Job]:
+    return [(f.path, f.lang, f.content) for f in batch]
+
+
+def _parsed_stream(
+    files: Iterator[LoadedFile], total: int
+) -> Iterator[tuple[list[LoadedFile], list[Parsed]]]:
+    """Batches of files with their parse results, in input order.
+
+    Parsing runs in worker processes when the run is large enough to pay for them.
+    """
     workers = os.cpu_count() or 1
     if total < _PARALLEL_MIN_FILES or workers < 2:
-        for batch in _batched(files, _BATCH_FILES):
-            yield from _parse_files(batch)
+        for batch in _batched(files, _BATCH_FILES, _BATCH_BYTES):
+            yield batch, _parse_jobs(_jobs(batch))
         return
     # forkserver, not fork: forked workers would inherit the repository's flock (and git pipes)
     # and keep holding them if this process is killed.
@@ -140,56 +177,151 @@ def _parsed_stream(files: Iterator[LoadedFile], total: int) -> Iterator[ParsedFi
         max_workers=workers, mp_context=multiprocessing.get_context("forkserver")
     )
     try:
-        pending = []
-        for batch in _batched(files, _BATCH_FILES):
-            pending.append(pool.submit(_parse_files, batch))
+        pending: deque[tuple[list[LoadedFile], Future[list[Parsed]]]] = deque()
+        for batch in _batched(files, _BATCH_FILES, _BATCH_BYTES):
+            pending.append((batch, pool.submit(_parse_jobs, _jobs(batch))))
             while len(pending) > workers * 3:
-                yield from pending.pop(0).result()
-        for fut in pending:
-            yield from fut.result()
+                done, fut = pending.popleft()
+                yield done, fut.result()
+        while pending:
+            done, fut = pending.popleft()
+            yield done, fut.result()
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
 
 
-class _Writer:
-    """Row-level writes to an open shard inside the caller's transaction."""
+class _SideFts:
+    """One FTS5 table of a fresh shard, filled on a thread of its own in a private side database.
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    The FTS5 inserts (tokenizing every file into trigrams, every chunk into BM25 terms) are the
+    largest costs of writing a shard, and SQLite runs them without the GIL, so on their own
+    thread they overlap the rest of the build. The side database is declared with the shard's
+    schema, so its finished index is the shard's index: :func:`shardlib.copy_fts` copies it in.
+    """
+
+    def __init__(self, path: Path, table: str, column: str) -> None:
+        self.path = path
+        self.table = table
+        self._sql = f"INSERT INTO {table}(rowid, {column}) VALUES(?, ?)"
+        self._queue: queue.Queue[list[tuple[int, str]] | None] = queue.Queue(maxsize=_SIDE_QUEUE)
+        self._error: BaseException | None = None
+        self._stop = False
+        conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=OFF")
+        conn.execute("PRAGMA synchronous=OFF")
+        conn.execute("PRAGMA cache_size=-32768")
+        conn.executescript(shardlib.SCHEMA_TABLES)
+        self._conn = conn
+        # Started by the first put(): the shard's connection attaches this database first, and
+        # reads it only after finish(), so the two connections never contend for its locks.
+        self._thread = threading.Thread(target=self._run, name=f"lens-{table}", daemon=True)
+
+    def _run(self) -> None:
+        conn = self._conn
+        try:
+            conn.execute("BEGIN")
+            while (rows := self._queue.get()) is not None:
+                if not self._stop:
+                    conn.executemany(self._sql, rows)
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            self._error = exc
+            while self._queue.get() is not None:  # keep the producer from blocking on a full queue
+                pass
+        finally:
+            conn.close()
+
+    def put(self, rows: list[tuple[int, str]]) -> None:
+        if self._error is not None:
+            raise self._error
+        if not self._thread.is_alive() and self._thread.ident is None:
+            self._thread.start()
+        self._queue.put(rows)
+
+    def finish(self) -> None:
+        """Wait until every row is in and committed."""
+        self._close(stop=False)
+        if self._error is not None:
+            raise self._error
+
+    def abort(self) -> None:
+        self._close(stop=True)
+
+    def _close(self, *, stop: bool) -> None:
+        if self._thread.ident is None:  # never started: nothing was put
+            self._conn.close()
+            return
+        self._stop = stop
+        self._queue.put(None)
+        self._thread.join()
+
+
+class _Writer:
+    """Row-level writes to an open shard inside the caller's transaction.
+
+    ``side`` maps FTS table names to side builders that take those inserts instead (full builds).
+    """
+
+    def __init__(self, conn: sqlite3.Connection, side: dict[str, _SideFts] | None = None) -> None:
         self.conn = conn
+        self.side = side or {}
         self.next_id: dict[int, int] = {}
         for cls in (shardlib.CLASS_NORMAL, shardlib.CLASS_TEST, shardlib.CLASS_LOW):
             lo = shardlib.class_base(cls)
             hi = shardlib.class_base(cls + 1)
             row = conn.execute("SELECT max(id) FROM files WHERE id >= ? AND id < ?", (lo, hi)).fetchone()
             self.next_id[cls] = (row[0] + 1) if row[0] is not None else lo
+        # chunks.id is AUTOINCREMENT: never reuse an id, even one whose row was deleted.
+        seq = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'chunks'").fetchone()
+        top = conn.execute("SELECT max(id) FROM chunks").fetchone()[0]
+        self.next_chunk_id = max(seq[0] if seq else 0, top or 0) + 1
 
-    def add(self, pf: ParsedFile) -> None:
-        f = pf.loaded
-        cls = rank_class(f.path)
-        file_id = self.next_id[cls]
-        self.next_id[cls] += 1
-        text = f.content.decode("utf-8")
-        self.conn.execute(
+    def add(self, files: list[LoadedFile], parsed: list[Parsed]) -> None:
+        """Insert a batch of files with their symbols and chunks."""
+        file_rows = []
+        fts_rows: list[tuple[int, str]] = []
+        symbol_rows = []
+        chunk_rows = []
+        chunk_fts_rows: list[tuple[int, str]] = []
+        cid = self.next_chunk_id
+        for f, (lines, parser, symbols, chunks) in zip(files, parsed, strict=True):
+            cls = rank_class(f.path)
+            file_id = self.next_id[cls]
+            self.next_id[cls] += 1
+            text = f.content.decode("utf-8")
+            file_rows.append((file_id, f.path, f.oid, f.sha256, f.lang, len(f.content), lines, parser, text))
+            fts_rows.append((file_id, text))
+            symbol_rows.extend([(file_id, *s) for s in symbols])
+            for start, end, kind, name, digest, tokens in chunks:
+                chunk_rows.append((cid, file_id, start, end, kind, name, digest))
+                chunk_fts_rows.append((cid, tokens))
+                cid += 1
+        self.next_chunk_id = cid
+        conn = self.conn
+        conn.executemany(
             "INSERT INTO files(id, path, oid, sha256, lang, size, lines, parser, content)"
             " VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (file_id, f.path, f.oid, f.sha256, f.lang, len(f.content), pf.lines, pf.result.parser, text),
+            file_rows,
         )
-        self.conn.execute("INSERT INTO files_fts(rowid, content) VALUES(?, ?)", (file_id, text))
-        self.conn.executemany(
+        self._fts("files_fts", "INSERT INTO files_fts(rowid, content) VALUES(?, ?)", fts_rows)
+        conn.executemany(
             "INSERT INTO symbols(file_id, name, kind, container, start_line, end_line, line)"
             " VALUES(?, ?, ?, ?, ?, ?, ?)",
-            [
-                (file_id, s.name, s.kind, s.container, s.start_line, s.end_line, s.line)
-                for s in pf.result.symbols
-            ],
+            symbol_rows,
         )
-        for c in pf.chunks:
-            cur = self.conn.execute(
-                "INSERT INTO chunks(file_id, start_line, end_line, kind, name, hash)"
-                " VALUES(?, ?, ?, ?, ?, ?)",
-                (file_id, c.start_line, c.end_line, c.kind, c.name, c.hash),
-            )
-            self.conn.execute("INSERT INTO chunks_fts(rowid, tokens) VALUES(?, ?)", (cur.lastrowid, c.tokens))
+        conn.executemany(
+            "INSERT INTO chunks(id, file_id, start_line, end_line, kind, name, hash)"
+            " VALUES(?, ?, ?, ?, ?, ?, ?)",
+            chunk_rows,
+        )
+        self._fts("chunks_fts", "INSERT INTO chunks_fts(rowid, tokens) VALUES(?, ?)", chunk_fts_rows)
+
+    def _fts(self, table: str, sql: str, rows: list[tuple[int, str]]) -> None:
+        side = self.side.get(table)
+        if side is not None:
+            side.put(rows)
+        else:
+            self.conn.executemany(sql, rows)
 
     def delete(self, file_id: int) -> None:
         row = self.conn.execute("SELECT path, content FROM files WHERE id = ?", (file_id,)).fetchone()
@@ -290,7 +422,8 @@ def index_repository(
         full_build = conn is None
         if full_build:
             build_dir = catalog.new_build_dir(name)  # also clears a seed copy made above
-            conn = shardlib.create(build_dir / SHARD_FILE)
+            # The build directory is private until published, so a full build needs no journal.
+            conn = shardlib.create(build_dir / SHARD_FILE, bulk=True)
             to_read = to_read + unchanged
             to_read.sort(key=lambda e: e.path)
             unchanged, changed_ids = [], []
@@ -307,9 +440,17 @@ def index_repository(
             previous = None
         if previous is not None:
             conn.execute("ATTACH DATABASE ? AS prev", (str(previous),))
+        side: dict[str, _SideFts] = {}
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            writer = _Writer(conn)
+            if full_build and len(to_read) >= _PARALLEL_MIN_FILES:
+                assert build_dir is not None
+                for table, column in (("files_fts", "content"), ("chunks_fts", "tokens")):
+                    side[table] = _SideFts(build_dir / f"side-{table}.sqlite", table, column)
+                    conn.execute(f"ATTACH DATABASE ? AS side_{table}", (str(side[table].path),))
+            # A full build's side databases are attached, and BEGIN IMMEDIATE would lock them
+            # against their own builders: that transaction takes its locks as it goes.
+            conn.execute("BEGIN" if full_build else "BEGIN IMMEDIATE")
+            writer = _Writer(conn, side)
             t0 = time.perf_counter()
             for fid in deleted_ids + changed_ids:
                 writer.delete(fid)
@@ -321,12 +462,20 @@ def index_repository(
                 on_skip=lambda entry, reason: content_skips.append((entry.path, entry.oid, reason)),
             )
             written: list[str] = []
-            for done, pf in enumerate(_parsed_stream(loaded, len(to_read)), start=1):
-                writer.add(pf)
-                written.append(pf.loaded.path)
-                if done % 50 == 0:
-                    report_progress("index", done, len(to_read))
+            for batch, parsed in _parsed_stream(loaded, len(to_read)):
+                writer.add(batch, parsed)
+                written.extend(f.path for f in batch)
+                if len(written) < len(to_read):  # the last batch is reported once, below
+                    report_progress("index", len(written), len(to_read))
             report_progress("index", len(to_read), len(to_read))
+            timings["write"] = time.perf_counter() - t0
+            t1 = time.perf_counter()
+            for table, builder in side.items():
+                builder.finish()
+                shardlib.copy_fts(conn, f"side_{table}", table)
+            if full_build:
+                shardlib.create_indexes(conn)
+            timings["finish"] = time.perf_counter() - t1
             conn.execute("DELETE FROM skipped")
             conn.executemany(
                 "INSERT OR REPLACE INTO skipped(path, oid, reason) VALUES(?, ?, ?)", content_skips
@@ -358,12 +507,19 @@ def index_repository(
             )
             conn.execute("COMMIT")
         except BaseException:
+            for builder in side.values():
+                builder.abort()
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             conn.close()
             raise
         if previous is not None:
             conn.execute("DETACH DATABASE prev")
+        for table, builder in side.items():
+            conn.execute(f"DETACH DATABASE side_{table}")
+            builder.path.unlink()
+        if full_build:
+            shardlib.finish_bulk(conn)
         if build_dir is not None:
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             conn.close()

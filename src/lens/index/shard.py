@@ -33,7 +33,9 @@ CLASS_TEST = 1
 CLASS_LOW = 2  # vendored, generated, examples/docs
 _CLASS_STRIDE = 1 << 40
 
-SCHEMA = """
+# Tables first, then the secondary indexes: a full build loads the tables and creates the indexes
+# afterwards (one sort each instead of a random B-tree insert per row).
+SCHEMA_TABLES = """
 CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE files(
   id INTEGER PRIMARY KEY,
@@ -60,9 +62,6 @@ CREATE TABLE symbols(
   end_line INTEGER NOT NULL,
   line INTEGER NOT NULL
 );
-CREATE INDEX symbols_name ON symbols(name);
-CREATE INDEX symbols_name_nocase ON symbols(name COLLATE NOCASE);
-CREATE INDEX symbols_file ON symbols(file_id);
 CREATE TABLE chunks(
   id INTEGER PRIMARY KEY AUTOINCREMENT,
   file_id INTEGER NOT NULL,
@@ -72,14 +71,26 @@ CREATE TABLE chunks(
   name TEXT,
   hash TEXT NOT NULL
 );
-CREATE INDEX chunks_file ON chunks(file_id);
-CREATE INDEX chunks_hash ON chunks(hash);
 CREATE VIRTUAL TABLE chunks_fts USING fts5(
   tokens, content='', tokenize='unicode61 remove_diacritics 0', detail=full
 );
 CREATE TABLE vectors(hash TEXT PRIMARY KEY, vec BLOB NOT NULL) WITHOUT ROWID;
 CREATE TABLE skipped(path TEXT PRIMARY KEY, oid TEXT NOT NULL, reason TEXT NOT NULL);
 """
+SCHEMA_INDEXES = """
+CREATE INDEX symbols_name ON symbols(name);
+CREATE INDEX symbols_name_nocase ON symbols(name COLLATE NOCASE);
+CREATE INDEX symbols_file ON symbols(file_id);
+CREATE INDEX chunks_file ON chunks(file_id);
+CREATE INDEX chunks_hash ON chunks(hash);
+"""
+SCHEMA = SCHEMA_TABLES + SCHEMA_INDEXES
+
+# FTS5 tables and the shadow tables that hold their whole index (external-content and contentless
+# tables keep no text of their own). Two identically declared tables with the same shadow rows are
+# the same index, which lets a full build fill an FTS table in a side database and copy it in.
+FTS_TABLES = ("files_fts", "chunks_fts")
+_FTS_SHADOWS = ("data", "idx", "docsize", "config")
 
 
 def class_base(rank_class: int) -> int:
@@ -103,14 +114,59 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     return conn
 
 
-def create(path: Path) -> sqlite3.Connection:
-    """A new, empty shard at ``path`` (which must not exist)."""
+def create(path: Path, *, bulk: bool = False) -> sqlite3.Connection:
+    """A new, empty shard at ``path`` (which must not exist).
+
+    ``bulk`` is for a private build directory that is published only after a successful build: no
+    journal and no syncs while loading, and no secondary indexes until :func:`finish_bulk` (which
+    must run before the shard is used).
+    """
     conn = connect(path)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    conn.executescript(SCHEMA)
+    if bulk:
+        conn.execute("PRAGMA journal_mode=OFF")
+        conn.execute("PRAGMA synchronous=OFF")
+        # Mapped pages count as the indexer's memory: a large build would map up to mmap_size of
+        # its own output while it creates the indexes. Reads during a build are few; plain I/O is enough.
+        conn.execute("PRAGMA mmap_size=0")
+        conn.executescript(SCHEMA_TABLES)
+    else:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.executescript(SCHEMA)
     set_meta(conn, schema_version=SCHEMA_VERSION, generation=0)
     return conn
+
+
+def create_indexes(conn: sqlite3.Connection) -> None:
+    """Create the secondary indexes a ``bulk`` shard was made without (in the build's transaction)."""
+    for statement in SCHEMA_INDEXES.strip().split(";"):
+        if statement.strip():
+            conn.execute(statement)
+
+
+def finish_bulk(conn: sqlite3.Connection) -> None:
+    """Turn a committed bulk-loaded shard into a normal one: WAL journal, normal syncs."""
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+
+
+def fts_shadow_tables(conn: sqlite3.Connection, schema: str, table: str) -> list[str]:
+    """The shadow tables of FTS5 table ``table`` that exist in attached database ``schema``."""
+    names = {f"{table}_{suffix}" for suffix in _FTS_SHADOWS}
+    rows = conn.execute(f"SELECT name FROM {schema}.sqlite_master WHERE type = 'table'").fetchall()
+    return sorted(name for (name,) in rows if name in names)
+
+
+def copy_fts(conn: sqlite3.Connection, schema: str, table: str) -> None:
+    """Replace FTS5 table ``table``'s index with the one in attached database ``schema``.
+
+    Both tables must be declared identically (same ``SCHEMA``), and the target must not be read or
+    written through the FTS5 table by this connection afterwards (FTS5 caches its structure per
+    connection): call it last, on a connection that closes after the commit.
+    """
+    for shadow in fts_shadow_tables(conn, schema, table):
+        conn.execute(f"DELETE FROM main.{shadow}")
+        conn.execute(f"INSERT INTO main.{shadow} SELECT * FROM {schema}.{shadow}")
 
 
 def get_meta(conn: sqlite3.Connection) -> dict[str, Any]:

@@ -62,6 +62,8 @@ def split_lines(text: str) -> list[str]:
     lines = text.split("\n")
     if lines[-1] == "":
         lines.pop()
+    if "\r" not in text:
+        return lines
     return [line[:-1] if line.endswith("\r") else line for line in lines]
 
 
@@ -126,11 +128,19 @@ def _nest(symbols: Sequence[Symbol], n_lines: int) -> list[_Node]:
 
 
 class _Builder:
-    def __init__(self, path: str, lines: Sequence[str], lang: str | None, leads: Mapping[int, int]) -> None:
+    def __init__(
+        self,
+        path: str,
+        lines: Sequence[str],
+        lang: str | None,
+        leads: Mapping[int, int],
+        with_text: bool = True,
+    ) -> None:
         self.path = path
         self.lines = lines
         self.lang = lang
         self.leads = leads
+        self.with_text = with_text
         self.prefixes = _lead_prefixes(lang)
         self.chunks: list[Chunk] = []
 
@@ -152,7 +162,7 @@ class _Builder:
             return  # nothing searchable (blank lines, lone braces)
         if self.chunks and (self.chunks[-1].start_line, self.chunks[-1].end_line) == (start, end):
             return  # two overlapping windows trimmed down to the same lines
-        text = self.header(context) + "\n" + "\n".join(body)
+        text = self.header(context) + "\n" + "\n".join(body) if self.with_text else ""
         self.chunks.append(Chunk(start_line=start, end_line=end, kind=kind, name=name, text=text))
 
     def windows(
@@ -220,22 +230,24 @@ def build_chunks(
     *,
     scopes: Sequence[Symbol] = (),
     leads: Mapping[int, int] | None = None,
+    with_text: bool = True,
 ) -> list[Chunk]:
     """Chunks for one file from its definitions, in line order.
 
     ``scopes`` are extra containers that are not symbols (Rust ``impl`` blocks) and ``leads`` maps a
-    definition's start line to its first decorator line; both only shape the chunks.
+    definition's start line to its first decorator line; both only shape the chunks. Without
+    ``with_text`` every chunk's ``text`` is ``""`` (the indexer only needs the spans).
     """
     lines = split_lines(text)
-    builder = _Builder(path, lines, lang, leads or {})
+    builder = _Builder(path, lines, lang, leads or {}, with_text)
     builder.region(1, len(lines), _nest([*symbols, *scopes], len(lines)), [])
     builder.chunks.sort(key=lambda c: (c.start_line, c.end_line))
     return builder.chunks
 
 
-def window_chunks(path: str, text: str) -> list[Chunk]:
+def window_chunks(path: str, text: str, *, with_text: bool = True) -> list[Chunk]:
     """Plain line windows over the whole file, for files without usable definitions."""
     lines = split_lines(text)
-    builder = _Builder(path, lines, None, {})
+    builder = _Builder(path, lines, None, {}, with_text)
     builder.gap(1, len(lines), [])
     return builder.chunks

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import posixpath
+import re
 import shutil
 import subprocess
 import tempfile
@@ -120,7 +121,7 @@ def _to_symbol(tag: dict[str, object]) -> Symbol | None:
 _CMD_OPTIONS = (
     "--options=NONE",  # ignore ~/.ctags.d and friends: results must not depend on the machine
     "--output-format=json",
-    "--fields=+neKZ-P",  # line, end, long kind names, scope; no search pattern (smaller output)
+    "--fields=+neKZ-P-t-f",  # line, end, long kind names, scope; no pattern, type or file scope
     "--sort=no",
     "-G",  # guess languages from shebangs for extension-less scripts
     "-f",
@@ -134,8 +135,36 @@ class _CtagsCrashed(Exception):
     """ctags exited abnormally; some file in the batch is to blame, so the batch can be bisected."""
 
 
+# Batches are written to memory-backed storage when there is some: creating a directory and a file
+# per source file on a busy disk cost about a millisecond each, more than ctags spends parsing it.
+_SCRATCH_DIRS = ("/dev/shm",)
+# The kind of a JSON tag line, read without decoding the line: most tags (struct members,
+# enumerators, labels, ...) are not kept, and json.loads is the slow part of reading the output.
+_KIND_RE = re.compile(rb'"kind": "([^"\\]*)"')
+_KEPT_KINDS = frozenset(k.encode() for k in KIND_MAP)
+
+
+def _scratch_dir() -> str | None:
+    for candidate in _SCRATCH_DIRS:
+        if os.path.isdir(candidate) and os.access(candidate, os.W_OK | os.X_OK):
+            return candidate
+    return None  # the platform's temporary directory
+
+
 def _run(exe: str, files: Sequence[tuple[str, bytes]], timeout: float) -> dict[str, list[Symbol]]:
-    with tempfile.TemporaryDirectory(prefix="lens-ctags-") as tmp:
+    scratch = _scratch_dir()
+    try:
+        return _run_in(exe, files, timeout, scratch)
+    except OSError:
+        if scratch is None:
+            raise
+        return _run_in(exe, files, timeout, None)  # e.g. a small /dev/shm that is full
+
+
+def _run_in(
+    exe: str, files: Sequence[tuple[str, bytes]], timeout: float, scratch: str | None
+) -> dict[str, list[Symbol]]:
+    with tempfile.TemporaryDirectory(prefix="lens-ctags-", dir=scratch) as tmp:
         names: dict[str, str] = {}
         for i, (path, content) in enumerate(files):
             rel = f"{i}/{_safe_name(path)}"
@@ -155,6 +184,9 @@ def _run(exe: str, files: Sequence[tuple[str, bytes]], timeout: float) -> dict[s
         raise _CtagsCrashed(f"exit {proc.returncode}: {proc.stderr[-300:].decode('utf-8', 'replace')}")
     result: dict[str, list[Symbol]] = {path: [] for path in names.values()}
     for raw in proc.stdout.splitlines():
+        kind = _KIND_RE.search(raw)
+        if kind is not None and kind.group(1) not in _KEPT_KINDS:
+            continue  # _to_symbol() would drop it
         try:
             tag = json.loads(raw)
         except ValueError:

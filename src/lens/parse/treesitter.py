@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import threading
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import tree_sitter as ts
 
@@ -169,11 +170,21 @@ _QUERIES: dict[str, str] = {
 
 LANGUAGES: frozenset[str] = frozenset(_QUERIES)
 
+# Languages where every definition below the top level sits inside a top-level node whose text has
+# one of these words: Go's nested definitions are type specs (``type``) and interface methods
+# (``interface``); functions, methods, constants and variables are top-level only. For them the
+# query walks only the first two levels of the tree, plus the whole of the top-level nodes that
+# have such a word or a syntax error, and finds exactly what a walk of the whole tree finds. The
+# query cursor's walk costs about as much per node as parsing does, and most nodes are in bodies.
+_DEEP_TRIGGERS: dict[str, re.Pattern[bytes]] = {"go": re.compile(rb"\b(?:type|interface)\b")}
+
 
 @dataclass(frozen=True)
 class _LangSpec:
     language: ts.Language
     query: ts.Query
+    # pattern index -> what extract() needs to know about the pattern (filled as patterns match)
+    roles: dict[int, tuple[str, str, bool]] = field(default_factory=dict)
 
 
 _SPECS: dict[str, _LangSpec] = {}
@@ -233,8 +244,7 @@ class Extraction:
     leads: dict[int, int] = field(default_factory=dict)
 
 
-@dataclass
-class _Def:
+class _Def(NamedTuple):  # a tuple: hundreds of thousands are made per large repository
     start_byte: int
     end_byte: int
     kind: str
@@ -346,50 +356,75 @@ def extract(lang: str, content: bytes, tree: ts.Tree | None = None) -> Extractio
     spec = _spec(lang)
     if tree is None:
         tree = _parser(lang).parse(content)
-    matches = ts.QueryCursor(spec.query).matches(tree.root_node)
+    root = tree.root_node
+    trigger = _DEEP_TRIGGERS.get(lang)
+    if trigger is None:
+        matches = ts.QueryCursor(spec.query).matches(root)
+    else:
+        cursor = ts.QueryCursor(spec.query)
+        cursor.set_max_start_depth(1)
+        matches = cursor.matches(root)
+        for node in root.children:
+            if node.has_error or trigger.search(content, node.start_byte, node.end_byte):
+                matches.extend(ts.QueryCursor(spec.query).matches(node))  # duplicates are skipped below
 
     defs: list[_Def] = []
     leads: dict[int, int] = {}
     seen: set[tuple[int, int, str]] = set()
-    for _, caps in matches:
-        if "lead" in caps:
+    roles = spec.roles
+    for pattern, caps in matches:
+        role = roles.get(pattern)
+        if role is None:
+            role = roles[pattern] = _role(caps)
+        cap_name, raw, is_scope = role
+        if cap_name == "lead":
             leads[caps["lead.def"][0].start_point[0] + 1] = caps["lead"][0].start_point[0] + 1
             continue
-        def_node: ts.Node | None = None
-        raw = ""
-        is_scope = False
-        for cap_name, nodes in caps.items():
-            if cap_name.startswith("def."):
-                def_node, raw = nodes[0], cap_name[4:]
-                break
-            if cap_name.startswith("scope."):
-                def_node, raw, is_scope = nodes[0], cap_name[6:], True
-                break
-        if def_node is None or "name" not in caps:
+        if not cap_name or "name" not in caps:
             continue
+        def_node = caps[cap_name][0]
         classified = _classify(raw, caps, def_node)
         if classified is None or not classified[1]:
             continue
         kind, name, container = classified
-        key = (def_node.start_byte, caps["name"][0].start_byte, kind)
+        name_node = caps["name"][0]
+        start_byte = def_node.start_byte
+        key = (start_byte, name_node.start_byte, kind)
         if key in seen:
             continue
         seen.add(key)
+        start_row = def_node.start_point[0]
+        end_row, end_col = def_node.end_point
         defs.append(
             _Def(
-                start_byte=def_node.start_byte,
-                end_byte=def_node.end_byte,
-                kind=kind,
-                name=name,
-                container=container,
-                start_line=def_node.start_point[0] + 1,
-                end_line=_end_line(def_node),
-                line=caps["name"][0].start_point[0] + 1,
-                is_scope=is_scope,
+                start_byte,
+                def_node.end_byte,
+                kind,
+                name,
+                container,
+                start_row + 1,
+                end_row if end_col == 0 and end_row > start_row else end_row + 1,  # as _end_line()
+                name_node.start_point[0] + 1,
+                is_scope,
             )
         )
 
     return _nest(defs, leads)
+
+
+def _role(caps: dict[str, list[ts.Node]]) -> tuple[str, str, bool]:
+    """(capture of the definition node, raw kind, is a scope) for a pattern, from one of its matches.
+
+    ``("lead", "", False)`` for a decorator lead, ``("", "", False)`` for a pattern without either.
+    """
+    if "lead" in caps:
+        return "lead", "", False
+    for cap_name in caps:
+        if cap_name.startswith("def."):
+            return cap_name, cap_name[4:], False
+        if cap_name.startswith("scope."):
+            return cap_name, cap_name[6:], True
+    return "", "", False
 
 
 def _nest(defs: list[_Def], leads: dict[int, int]) -> Extraction:
