@@ -48,7 +48,7 @@ import anyio
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 
-from _machine import cpu_and_ram
+from _machine import cpu_and_ram, lens_commit
 from mimir.config import MimirSettings
 from mimir.service import Mimir
 
@@ -116,13 +116,12 @@ QUESTIONS = [
 # -- machine and formatting --------------------------------------------------------------------------
 def machine_header(argv: Sequence[str]) -> list[str]:
     cpu, ram_kib = cpu_and_ram()
-    git = ["git", "-C", str(PROJECT), "rev-parse", "--short", "HEAD"]
-    commit = subprocess.run(git, capture_output=True, text=True, check=False).stdout.strip()
+    commit = lens_commit()
     return [
         f"machine: {os.cpu_count()} CPUs (nproc), {cpu}, {ram_kib / 1024 / 1024:.1f} GiB RAM; "
         f"{platform.system()} {platform.release()}; load average at start {load_average()}",
         f"date: {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}; Python {platform.python_version()};"
-        f" project commit {commit or 'unknown'}",
+        f" project commit {commit}",
         f"command: {shlex.join(['python', *argv])}",
     ]
 

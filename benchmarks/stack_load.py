@@ -100,7 +100,7 @@ from typing import Any, TypeVar
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from _machine import cpu_and_ram
+from _machine import cpu_and_ram, lens_commit
 
 PROJECT = Path(__file__).resolve().parents[1]
 DEFAULT_FETCH = PROJECT.parent / "shared" / "corpora" / "fetch.sh"
@@ -1048,21 +1048,13 @@ def error_summary(phases: list[Phase]) -> list[str]:
 def machine_header(command: list[str], busy: float) -> list[str]:
     cpu, ram_kib = cpu_and_ram()
     usable = len(os.sched_getaffinity(0))
-    git = ["git", "-C", str(PROJECT), "rev-parse", "--short", "HEAD"]
-    commit = subprocess.run(git, capture_output=True, text=True, check=False).stdout.strip()
-    dirty = subprocess.run(
-        ["git", "-C", str(PROJECT), "status", "--porcelain", "--untracked-files=no"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.strip()
+    commit = lens_commit()
     return [
         f"machine: {os.cpu_count()} CPUs (nproc {usable}), {cpu}, {ram_kib / 1024 / 1024:.1f} GiB RAM; "
         f"{platform.system()} {platform.release()}; load average before the phases {load_average()}; "
         f"CPUs {100 * busy:.0f}% busy just before",
         f"date: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M UTC}; Python {platform.python_version()}; "
-        f"httpx {httpx.__version__}; commit {commit or 'unknown'}"
-        f"{' (working tree modified)' if dirty else ''}",
+        f"httpx {httpx.__version__}; commit {commit}",
         f"command: {shlex.join(['python', *command])}",
     ]
 
