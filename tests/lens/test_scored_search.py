@@ -135,3 +135,25 @@ def test_query_embedding_runs_on_its_own_session() -> None:
     again = m.embed_query(q)
     assert again is not single
     np.testing.assert_array_equal(again, single)
+
+
+def test_hybrid_symbol_signal_matches_names_without_underscores(three_shards: Lens) -> None:
+    # No definition is named parseHeader0; parse_header_0 is, once underscores and case are ignored.
+    res = three_shards.search("parseHeader0", mode="hybrid", limit=200)
+    names = {h.symbol["name"] for h in res.results if "symbol" in h.why and h.symbol}
+    assert names == {"parse_header_0"}
+    res = three_shards.search("parseHeader9", mode="hybrid", limit=200)
+    assert not any("symbol" in h.why for h in res.results)
+
+
+def test_symbol_lookups_use_indexes(three_shards: Lens) -> None:
+    """An OR over name and replace(name) scanned every symbol of a shard once per query word."""
+    view = three_shards.searcher.shards.views()[0]
+    with view.snapshot() as snap:
+        plan = [
+            row[3]
+            for row in snap.conn.execute("EXPLAIN QUERY PLAN " + searcher_mod.SYMBOL_LOOKUP, ("a", "a", 5))
+        ]
+    assert any("symbols_name_nocase" in step for step in plan)
+    assert any("symbols_flat" in step for step in plan)
+    assert not any(step.startswith("SCAN symbols") for step in plan)

@@ -80,6 +80,8 @@ CREATE TABLE skipped(path TEXT PRIMARY KEY, oid TEXT NOT NULL, reason TEXT NOT N
 SCHEMA_INDEXES = """
 CREATE INDEX symbols_name ON symbols(name);
 CREATE INDEX symbols_name_nocase ON symbols(name COLLATE NOCASE);
+-- Hybrid mode's symbol signal looks names up with underscores removed (get_user -> getuser).
+CREATE INDEX symbols_flat ON symbols(replace(name, '_', '') COLLATE NOCASE);
 CREATE INDEX symbols_file ON symbols(file_id);
 CREATE INDEX chunks_file ON chunks(file_id);
 CREATE INDEX chunks_hash ON chunks(hash);

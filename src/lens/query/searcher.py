@@ -409,6 +409,15 @@ def _merge_status(a: dict[str, Any] | None, b: dict[str, Any]) -> dict[str, Any]
     return {"status": status, "embedded": embedded, "total": total, "model": a.get("model") or b.get("model")}
 
 
+# Two lookups, each on its own index (symbols_name_nocase, symbols_flat): an OR of the two conditions
+# scanned every symbol of the shard, once per query word (~0.5 s per hybrid query on go-std + jdk).
+SYMBOL_LOOKUP = (
+    "SELECT file_id, line, name, kind, container FROM symbols WHERE name = ? COLLATE NOCASE"
+    " UNION SELECT file_id, line, name, kind, container FROM symbols"
+    " WHERE replace(name, '_', '') = ? COLLATE NOCASE ORDER BY file_id, line LIMIT ?"
+)
+
+
 def _symbol_hits(snap: Snapshot, plan: ExactPlan, tokens: list[str], want: int) -> list[Hit]:
     """Definitions named like a query term or like the query's tokens joined (get_user -> getuser)."""
     names = {t.text for t in positive_terms(plan.query.expr) if isinstance(t, Term)}
@@ -416,11 +425,7 @@ def _symbol_hits(snap: Snapshot, plan: ExactPlan, tokens: list[str], want: int) 
         names.add("".join(tokens))
     out: list[tuple[int, str, int, Hit]] = []
     for name in sorted(names):
-        rows = snap.conn.execute(
-            "SELECT file_id, line, name, kind, container FROM symbols"
-            " WHERE name = ? COLLATE NOCASE OR replace(name, '_', '') = ? COLLATE NOCASE LIMIT ?",
-            (name, name, want),
-        ).fetchall()
+        rows = snap.conn.execute(SYMBOL_LOOKUP, (name, name, want)).fetchall()
         for file_id, line, sym_name, kind, container in rows:
             info = snap.files.get(file_id)
             if info is None or not plan.path_filter.accepts(info.path, info.lang):
