@@ -4,6 +4,8 @@ Usage (from the project root):
 
     PYTHONPATH=src python benchmarks/search_vs_ripgrep.py --corpus go-std --corpus jdk \
         [--data-dir DIR] [--reuse-index] [--runs 7] [--json out.json]
+    PYTHONPATH=src python benchmarks/search_vs_ripgrep.py --corpus linux --queries linux \
+        --corpus-path linux=$(bash benchmarks/prepare_linux.sh)   # see prepare_linux.sh for why
 
 What it does:
 
@@ -108,6 +110,55 @@ QUERY_SETS: dict[str, list[str]] = {
         "case:no hashmap",
     ],
 }
+
+# The same four sets for the linux corpus (C): kernel identifiers, idioms and patterns.
+LINUX_QUERY_SETS: dict[str, list[str]] = {
+    "selective": [
+        "ieee80211_rx_napi",
+        "blk_mq_alloc_tag_set",
+        "tcp_v4_syn_recv_sock",
+        "ext4_xattr_ibody_get",
+        "usb_serial_generic_open",
+        "kvm_mmu_page_fault",
+        "drm_atomic_helper_commit_tail",
+        "xfs_bmapi_write",
+        "netif_napi_add_weight",
+        "of_property_read_u32_array",
+    ],
+    "common": [
+        "return",
+        "struct",
+        "NULL",
+        "static",
+        "int",
+        '"#include <linux/"',
+        '"if (!"',
+        '"unsigned long"',
+        "EXPORT_SYMBOL_GPL",
+    ],
+    "regex": [
+        r"/static int \w+_probe\(/",
+        r"/EXPORT_SYMBOL_GPL\(\w+_init\w*\)/",
+        r"/0x[0-9a-fA-F]{8}\b/",
+        r"/^#define \w+_MASK\s/",
+        r"/kmalloc\(sizeof\(\*\w+\), GFP_KERNEL\)/",
+        r"/spin_lock_irqsave\(&\w+->lock/",
+        r"/goto (out|err)\w*;/",
+        r"/MODULE_AUTHOR\(.*Intel/",
+        r"/^\s*case 0x[0-9a-f]+:$/",
+    ],
+    "nocase": [
+        "case:no mutex_lock_interruptible",
+        'case:no "device tree"',
+        "case:no /copyright \\(c\\) 20[01]\\d/",
+        "case:no TODO",
+        "case:no deadlock",
+        "case:no /use[- ]after[- ]free/",
+        "case:no kasan",
+        "case:no /race condition/",
+    ],
+}
+QUERY_SET_CHOICES = {"default": QUERY_SETS, "linux": LINUX_QUERY_SETS}
 
 RANKED_QUERIES = [
     "parse http request headers",
@@ -479,7 +530,7 @@ def run_queries(
     rg_runs = max(3, args.runs)
     results: list[QueryResult] = []
     notes: list[str] = []
-    for group, queries in QUERY_SETS.items():
+    for group, queries in QUERY_SET_CHOICES[args.queries].items():
         for text in queries:
             qargs = rg_query_args(text)
             cmd = ["rg", *policy, *qargs, "--", *roots.values()]
@@ -531,6 +582,19 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--corpus", action="append", help="corpus name for fetch.sh (repeatable)")
     parser.add_argument("--data-dir", type=Path, help="Lens data directory (default: a temporary one)")
+    parser.add_argument(
+        "--corpus-path",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="search DIR as corpus NAME instead of fetching it (linux=$(bash benchmarks/prepare_linux.sh))",
+    )
+    parser.add_argument(
+        "--queries",
+        choices=sorted(QUERY_SET_CHOICES),
+        default="default",
+        help="query sets: default (go-std + jdk) or linux (C)",
+    )
     parser.add_argument("--reuse-index", action="store_true", help="search the index already in --data-dir")
     parser.add_argument("--runs", type=int, default=7, help="timed runs per query (rg: at least 3)")
     parser.add_argument("--rg-threads", type=int, default=2, help="ripgrep -j")
@@ -585,8 +649,9 @@ def run(args: argparse.Namespace, corpora: list[str], data_dir: Path, header: li
     catalog = Catalog(data_dir)
     roots: dict[str, str] = {}
     stats: list[IndexStats] = []
+    given = dict(item.split("=", 1) for item in args.corpus_path)
     for name in corpora:
-        path = fetch_corpus(args.fetch, name)
+        path = Path(given[name]) if name in given else fetch_corpus(args.fetch, name)
         roots[name] = str(path)
         if args.reuse_index:
             stats.append(reused_index(catalog, name, path))
