@@ -62,8 +62,9 @@ Queries: Mimir's ``/api/search`` takes plain text, never Lens syntax
 (``mimir.research.search.lens_queries``): exact mode sends Lens the identifier-like words of the text (3+
 characters, minus a few stop words such as "return"), quoted and ORed. Regexes therefore cannot be sent
 through Mimir; the mix uses selective identifiers, common identifiers, and multi-word texts (an OR of
-several literals, Mimir's most expensive exact query). Every search also reads the cited span of each of its
-``k`` results from Lens (``read_file``), so one Mimir search is 1 + up to k Lens calls.
+several literals, Mimir's most expensive exact query). Every search also reads the cited spans of its ``k``
+results from Lens, all in one batched call (``read_spans``, ``POST /api/v1/repos/{name}/spans``), so one Mimir
+exact search is 2 Lens calls whatever ``k`` is (it was 1 + up to k ``read_file`` calls before).
 """
 
 from __future__ import annotations

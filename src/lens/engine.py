@@ -7,7 +7,7 @@ revision, look up symbols) goes through here, so behaviour is the same everywher
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,11 @@ from lens.query.results import SearchResult
 from lens.query.searcher import Searcher
 
 MAX_SPAN_LINES = 5000
+# read_spans: at most this many ranges, and this many requested lines in all, per call.
+MAX_BATCH_SPANS = 256
+MAX_BATCH_LINES = 50_000
+MAX_PATH_CHARS = 4096
+_SQL_PARAMS = 500  # paths per IN (...) lookup, well below SQLite's variable limit
 
 
 def check_allowed(path: Path, roots: list[Path]) -> Path:
@@ -154,31 +159,55 @@ class Lens:
                 f"file {path!r} is not in repository {name!r}", details={"repo": name, "path": path}
             )
         content, lang, sha, total_lines = row
-        lines = content.split("\n")
-        if content.endswith("\n"):
-            lines = lines[:-1]
-        first = 1 if start is None else start
-        last = len(lines) if end is None else min(end, len(lines))
-        if first < 1 or (end is not None and end < first) or (first > len(lines) and lines):
-            raise BadRequest(
-                "invalid line range: need 1 <= start <= end", details={"start": start, "end": end}
-            )
-        if last - first + 1 > MAX_SPAN_LINES:
-            raise BadRequest(
-                f"line range too large (at most {MAX_SPAN_LINES} lines)",
-                details={"start": first, "end": last},
-            )
         return {
             "repo": name,
             "path": path,
             "commit": commit,
-            "language": lang,
-            "sha256": sha,
-            "start": first,
-            "end": max(last, first - 1),
-            "total_lines": total_lines,
-            "lines": lines[first - 1 : last],
+            **_line_range(_split_lines(content), lang, sha, total_lines, start, end),
         }
+
+    def read_spans(self, name: str, spans: Sequence[tuple[str, int, int]]) -> dict[str, Any]:
+        """Many line ranges ``(path, start, end)`` in one call, all from one snapshot (one commit).
+
+        Each item of ``spans`` in the answer is what :meth:`read_file` returns for that range (minus
+        ``repo`` and ``commit``, which are given once), or ``{"path", "start", "end", "error": {"code",
+        "message", "details"}}`` where read_file would raise: ``not_found`` when the file is not in
+        the repository, ``bad_request`` when the range starts past its end. The request as a whole is
+        refused (BadRequest) when it is malformed or too big: at most :data:`MAX_BATCH_SPANS` items,
+        each ``1 <= start <= end`` and at most :data:`MAX_SPAN_LINES` lines, and at most
+        :data:`MAX_BATCH_LINES` requested lines in all. Paths are keys of the index, never opened on disk.
+        """
+        name = validate_name(name)
+        check_spans(spans)
+        view = self.searcher.shards.view(name)
+        wanted: dict[str, list[int]] = {}  # path -> positions of its ranges in ``spans``
+        for i, (path, _, _) in enumerate(spans):
+            wanted.setdefault(path, []).append(i)
+        items: list[dict[str, Any] | None] = [None] * len(spans)
+        paths = list(wanted)
+        with view.snapshot() as snap:
+            for i in range(0, len(paths), _SQL_PARAMS):
+                chunk = paths[i : i + _SQL_PARAMS]
+                marks = ",".join("?" * len(chunk))
+                sql = f"SELECT path, content, lang, sha256, lines FROM files WHERE path IN ({marks})"
+                # One file's text in memory at a time, however many files the batch names.
+                for path, content, lang, sha, total_lines in snap.conn.execute(sql, chunk):
+                    lines = _split_lines(content)
+                    for pos in wanted[path]:
+                        _, start, end = spans[pos]
+                        try:
+                            item = {"path": path, **_line_range(lines, lang, sha, total_lines, start, end)}
+                        except BadRequest as exc:
+                            item = {"path": path, "start": start, "end": end, "error": exc.to_dict()}
+                        items[pos] = item
+            commit = snap.commit
+        for pos, (path, start, end) in enumerate(spans):
+            if items[pos] is None:
+                missing = NotFound(
+                    f"file {path!r} is not in repository {name!r}", details={"repo": name, "path": path}
+                )
+                items[pos] = {"path": path, "start": start, "end": end, "error": missing.to_dict()}
+        return {"repo": name, "commit": commit, "spans": items}
 
     def symbols(self, name: str, q: str, *, kind: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
         """Definitions whose name starts with ``q`` (case-insensitive), exact matches first."""
@@ -213,6 +242,70 @@ class Lens:
             }
             for r in rows
         ]
+
+
+def check_spans(spans: Sequence[tuple[str, int, int]]) -> None:
+    """Refuse a malformed or oversized :meth:`Lens.read_spans` request (BadRequest, 400)."""
+    if len(spans) > MAX_BATCH_SPANS:
+        raise BadRequest(
+            f"too many spans: {len(spans)} (at most {MAX_BATCH_SPANS} per request)",
+            details={"spans": len(spans), "max_spans": MAX_BATCH_SPANS},
+        )
+    total = 0
+    for i, item in enumerate(spans):
+        path, start, end = item
+        if not isinstance(path, str) or not path or len(path) > MAX_PATH_CHARS or "\x00" in path:
+            raise BadRequest(
+                f"spans[{i}]: path must be a non-empty string of at most {MAX_PATH_CHARS} characters, no NUL",
+                details={"index": i},
+            )
+        ints = all(isinstance(v, int) and not isinstance(v, bool) for v in (start, end))
+        if not ints or start < 1 or end < start:
+            raise BadRequest(
+                f"spans[{i}]: invalid line range: need 1 <= start <= end",
+                details={"index": i, "path": path, "start": start, "end": end},
+            )
+        if end - start + 1 > MAX_SPAN_LINES:
+            raise BadRequest(
+                f"spans[{i}]: line range too large (at most {MAX_SPAN_LINES} lines)",
+                details={"index": i, "path": path, "start": start, "end": end},
+            )
+        total += end - start + 1
+    if total > MAX_BATCH_LINES:
+        raise BadRequest(
+            f"too many lines requested: {total} (at most {MAX_BATCH_LINES} per request)",
+            details={"lines": total, "max_lines": MAX_BATCH_LINES},
+        )
+
+
+def _split_lines(content: str) -> list[str]:
+    lines = content.split("\n")
+    if content.endswith("\n"):
+        lines = lines[:-1]
+    return lines
+
+
+def _line_range(
+    lines: list[str], lang: str | None, sha: str, total_lines: int, start: int | None, end: int | None
+) -> dict[str, Any]:
+    """Lines [start, end] (1-based, inclusive, clamped to the file) of one file, as read_file answers."""
+    first = 1 if start is None else start
+    last = len(lines) if end is None else min(end, len(lines))
+    if first < 1 or (end is not None and end < first) or (first > len(lines) and lines):
+        raise BadRequest("invalid line range: need 1 <= start <= end", details={"start": start, "end": end})
+    if last - first + 1 > MAX_SPAN_LINES:
+        raise BadRequest(
+            f"line range too large (at most {MAX_SPAN_LINES} lines)",
+            details={"start": first, "end": last},
+        )
+    return {
+        "language": lang,
+        "sha256": sha,
+        "start": first,
+        "end": max(last, first - 1),
+        "total_lines": total_lines,
+        "lines": lines[first - 1 : last],
+    }
 
 
 def data_dir_usage(path: Path) -> int:

@@ -9,11 +9,12 @@ Both backends raise the same exceptions, so Mimir code never cares which one run
   :class:`CircuitOpen` is the fast-fail variant while the circuit breaker is open.
 - :class:`Cancelled` -- ``index()`` stopped because ``should_stop()`` said so.
 
-The HTTP client retries idempotent calls only (GET, and POST /api/v1/search, which is
-read-only) on connection errors, timeouts and 502/503/504, with exponential backoff and
-full jitter; it never retries POST /api/v1/repos (that would queue a second job). Every
-HTTP call goes through a :class:`~mimir.breaker.CircuitBreaker`; 4xx answers prove Lens
-is alive, so they count as breaker successes.
+The HTTP client retries idempotent calls only (GET, and POST /api/v1/search and
+/api/v1/repos/{name}/spans, which are read-only) on connection errors, timeouts and
+502/503/504, with exponential backoff and full jitter; it never retries POST
+/api/v1/repos (that would queue a second job). Every HTTP call goes through a
+:class:`~mimir.breaker.CircuitBreaker`; 4xx answers prove Lens is alive, so they count
+as breaker successes.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import itertools
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -158,6 +159,14 @@ class LensBackend(Protocol):
 
     def read_file(self, repo: str, path: str, start: int | None, end: int | None) -> dict[str, Any]: ...
 
+    def read_spans(self, repo: str, spans: Sequence[tuple[str, int, int]]) -> dict[str, Any]:
+        """Many ``(path, start, end)`` ranges in one call, from one snapshot (``Lens.read_spans``).
+
+        ``{"repo", "commit", "spans": [...]}``; each item is what ``read_file`` answers for that
+        range, or carries ``error: {"code", "message", "details"}`` (``not_found``, ``bad_request``).
+        """
+        ...
+
     def symbols(
         self, repo: str, q: str, *, kind: str | None = None, limit: int = 50
     ) -> list[dict[str, Any]]: ...
@@ -267,6 +276,12 @@ class InProcessLens(LensBackend):
     def read_file(self, repo: str, path: str, start: int | None, end: int | None) -> dict[str, Any]:
         try:
             return self.lens.read_file(repo, path, start, end)
+        except LensError as exc:
+            raise _request_error(exc) from exc
+
+    def read_spans(self, repo: str, spans: Sequence[tuple[str, int, int]]) -> dict[str, Any]:
+        try:
+            return self.lens.read_spans(repo, spans)
         except LensError as exc:
             raise _request_error(exc) from exc
 
@@ -622,6 +637,14 @@ class HttpLens(LensBackend):
         params = {k: v for k, v in (("start", start), ("end", end)) if v is not None}
         result: dict[str, Any] = self._request(
             "read_file", "GET", f"{self._repo_url(repo)}/files/{_quote_path(path)}", params=params
+        )
+        return result
+
+    def read_spans(self, repo: str, spans: Sequence[tuple[str, int, int]]) -> dict[str, Any]:
+        # Read-only, so retried like search; same replica choice, breaker and errors as read_file.
+        body = {"spans": [{"path": p, "start": s, "end": e} for p, s, e in spans]}
+        result: dict[str, Any] = self._request(
+            "read_spans", "POST", f"{self._repo_url(repo)}/spans", json=body
         )
         return result
 

@@ -403,6 +403,81 @@ def test_http_index_failure_and_cancel(
         client.index(repo, "cancelme", rev=None, seed=None, progress=None, should_stop=lambda: True)
 
 
+def test_http_read_spans(client: HttpLens, make_repo: Callable[..., Path]) -> None:
+    index_over_http(client, make_repo(FILES, name="batch"), "batch")
+    spans = [
+        ("src/app.py", 3, 4),
+        ("src/util.py", 1, 50),
+        ("docs/notes #1 ü?.md", 1, 1),
+        ("src/app.py", 40, 41),
+        ("nope.py", 1, 1),
+        ("../batch/src/app.py", 1, 1),
+    ]
+    calls: list[tuple[str, str, int]] = []
+    client.on_call = lambda op, outcome, seconds, retries: calls.append((op, outcome, retries))
+    out = client.read_spans("batch", spans)
+    assert out["repo"] == "batch" and out["commit"] == client.repo("batch")["commit"]
+    items = out["spans"]
+    for (path, start, end), item in zip(spans[:3], items, strict=False):
+        one = client.read_file("batch", path, start, end)
+        assert item == {k: v for k, v in one.items() if k not in ("repo", "commit")}
+    assert items[1]["lines"] == ["def helper_function(x):", "    return x + 1"] and items[1]["end"] == 2
+    assert items[3]["error"]["code"] == "bad_request"
+    assert [i["error"]["code"] for i in items[4:]] == ["not_found", "not_found"]
+    assert items[5]["path"] == "../batch/src/app.py"  # a key of the index, never a file on the server
+    assert calls[0] == ("read_spans", "ok", 0)
+
+    # Refusals are Lens's 400/404, never retried, and prove Lens alive (no breaker failure).
+    with pytest.raises(LensRequestError) as too_many:
+        client.read_spans("batch", [("src/app.py", 1, 1)] * 257)
+    assert too_many.value.code == "bad_request" and too_many.value.status == 400
+    assert "too many spans" in too_many.value.message
+    with pytest.raises(LensRequestError) as bad_range:
+        client.read_spans("batch", [("src/app.py", 4, 3)])
+    assert bad_range.value.status == 400
+    with pytest.raises(LensRequestError) as missing:
+        client.read_spans("no-such-repo", [("a.py", 1, 1)])
+    assert missing.value.code == "not_found" and missing.value.status == 404
+    with pytest.raises(LensRequestError) as bad_name:
+        client.read_spans("../etc", [("passwd", 1, 1)])  # refused before any request
+    assert bad_name.value.code == "bad_request"
+    assert client.breaker.counters()["failures"] == 0
+    ops = client.stats()["operations"]["read_spans"]
+    assert (ops["ok"], ops["error"], ops["retries"]) == (1, 3, 0)
+
+
+def test_http_read_spans_replicas_and_outage(lens_server: LensServer, make_repo: Callable[..., Path]) -> None:
+    """Like read_file: the least busy replica first, fail-over to the next, the breaker on outages."""
+    setup = HttpLens(lens_server.url, token=TOKEN)
+    try:
+        index_over_http(setup, make_repo(FILES, name="replicas"), "replicas")
+    finally:
+        setup.close()
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    both = HttpLens(f"{dead},{lens_server.url}", token=TOKEN, connect_timeout=0.3, backoff_base=0.01)
+    try:
+        for _ in range(4):  # whichever replica the rotation picks first, the live one answers
+            got = both.read_spans("replicas", [("src/util.py", 1, 1)])
+            assert got["spans"][0]["lines"] == ["def helper_function(x):"]
+        ops = both.stats()["operations"]["read_spans"]
+        assert ops["ok"] == 4 and 1 <= ops["retries"] <= 4 and both.breaker.counters()["failures"] == 0
+    finally:
+        both.close()
+
+    breaker = CircuitBreaker(failure_threshold=2, reset_timeout=30.0)
+    gone = HttpLens(f"{dead},{dead}", token=TOKEN, connect_timeout=0.2, backoff_base=0.01, breaker=breaker)
+    try:
+        for _ in range(2):
+            with pytest.raises(LensUnavailable, match="read_spans"):
+                gone.read_spans("replicas", [("src/util.py", 1, 1)])
+        with pytest.raises(CircuitOpen):
+            gone.read_spans("replicas", [("src/util.py", 1, 1)])
+        ops = gone.stats()["operations"]["read_spans"]
+        assert (ops["unavailable"], ops["rejected_open"]) == (2, 1)
+    finally:
+        gone.close()
+
+
 # -- outages: kill the server, watch the breaker, restart it -------------------------------
 def test_breaker_opens_when_lens_dies_and_closes_after_restart(
     tmp_path: Path, make_repo: Callable[..., Path]
@@ -538,8 +613,12 @@ def test_idempotent_calls_retry_transient_failures(
         )
         proxy.faults = [504]
         assert flaky.read_file("retry", "src/util.py", 1, 1)["lines"] == ["def helper_function(x):"]
+        proxy.faults = ["reset", 503]  # a read-only POST: retried like search
+        got = flaky.read_spans("retry", [("src/util.py", 2, 2)])
+        assert got["spans"][0]["lines"] == ["    return x + 1"]
         ops = flaky.stats()["operations"]
         assert (ops["repo"]["retries"], ops["search"]["retries"], ops["read_file"]["retries"]) == (1, 2, 1)
+        assert ops["read_spans"]["retries"] == 2
         assert all(s["ok"] == 1 for s in ops.values())
         assert [what for *_, what in proxy.seen] == [
             "503",
@@ -549,7 +628,11 @@ def test_idempotent_calls_retry_transient_failures(
             "proxied",
             "504",
             "proxied",
+            "reset",
+            "503",
+            "proxied",
         ]
+        assert proxy.seen[-1][:2] == ("POST", "/api/v1/repos/retry/spans")
         assert flaky.breaker.counters()["failures"] == 0  # a call that recovers is one success
 
         # Out of attempts: three 503s are one unavailable call (one breaker failure).
@@ -619,6 +702,12 @@ def test_in_process_operations(local: InProcessLens, make_repo: Callable[..., Pa
     )
     assert semantic["results"]
     assert local.read_file("proj", "src/app.py", 3, 3)["lines"] == ["def parse_config(path):"]
+    batch = local.read_spans("proj", [("src/app.py", 3, 3), ("nope.py", 1, 1)])
+    assert batch["spans"][0]["lines"] == ["def parse_config(path):"]
+    assert batch["spans"][1]["error"]["code"] == "not_found" and batch["commit"] == report["commit"]
+    with pytest.raises(LensRequestError) as too_big:
+        local.read_spans("proj", [("src/app.py", 1, 5001)])
+    assert too_big.value.code == "bad_request" and too_big.value.status == 400
     assert local.symbols("proj", "helper")[0]["name"] == "helper_function"
     info = local.repo("proj")
     assert info["semantic"]["status"] == "ready"

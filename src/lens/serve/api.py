@@ -30,7 +30,7 @@ from infra.ratelimit import make_rate_limiter
 from infra.ratelimit import readiness_probe as rate_limiter_probe
 from lens import __version__
 from lens.config import LensSettings
-from lens.engine import Lens
+from lens.engine import MAX_BATCH_LINES, MAX_BATCH_SPANS, MAX_SPAN_LINES, Lens
 from lens.errors import BadRequest, LensError, Unauthorized
 from lens.serve import metrics
 from lens.serve.cache import install_search_cache
@@ -68,6 +68,22 @@ class IndexRequest(BaseModel):
     worktree: bool = False
     full: bool = False
     seed: str | None = Field(None, description="Indexed repository to start from when `name` is new")
+
+
+class SpanItem(BaseModel):
+    path: str = Field(..., description="File path inside the repository, as indexed")
+    start: int = Field(..., description="First line (1-based)")
+    end: int = Field(..., description="Last line (inclusive); clamped to the end of the file")
+
+
+class SpansRequest(BaseModel):
+    spans: list[SpanItem] = Field(
+        ...,
+        description=(
+            f"At most {MAX_BATCH_SPANS} line ranges, {MAX_SPAN_LINES} lines each and "
+            f"{MAX_BATCH_LINES} lines in all"
+        ),
+    )
 
 
 class GuardMiddleware:
@@ -257,6 +273,11 @@ def create_app(lens: Lens | None = None, settings: LensSettings | None = None) -
         name: str, path: str, start: int | None = Query(None, ge=1), end: int | None = Query(None, ge=1)
     ) -> dict[str, Any]:
         return engine.read_file(name, path, start, end)
+
+    @app.post("/api/v1/repos/{name}/spans", tags=["repos"])
+    def read_spans(name: str, req: SpansRequest) -> dict[str, Any]:
+        """Many line ranges in one call, from one snapshot; per item the lines or an error."""
+        return engine.read_spans(name, [(s.path, s.start, s.end) for s in req.spans])
 
     @app.get("/api/v1/repos/{name}/symbols", tags=["repos"])
     def symbols(

@@ -14,7 +14,7 @@ from typing import Any
 
 from mimir.research.evidence import Degradation, IndexEvidence, SymbolRow
 from mimir.research.llm import LLMClient, LLMError
-from mimir.research.search import apply_budget, gather
+from mimir.research.search import Candidate, apply_budget, gather
 
 MAX_FINDINGS = 24
 SEEDS = 5
@@ -42,12 +42,20 @@ def ask_index(
     findings: list[dict[str, Any]] = []
     seen: set[str] = set()
     frontier: list[tuple[SymbolRow, int]] = []
-    for c in seeds:
+    for i, c in enumerate(seeds):
         if len(findings) >= SEEDS:
             break
-        key = c.symbol.id if c.symbol else f"{c.path}:{c.start}"
+        key = _seed_key(c)
         if key in seen:
             continue
+        if not ev.span_known(c.path, c.start, c.end, context_lines, deg):
+            # One Lens call for the seeds that can still be used, not one per seed.
+            window: dict[str, Candidate] = {}
+            for w in seeds[i:]:
+                if _seed_key(w) not in seen:
+                    window.setdefault(_seed_key(w), w)
+            picked = list(window.values())[: SEEDS - len(findings)]
+            ev.prefetch([(w.path, w.start, w.end) for w in picked], context_lines, deg)
         span = ev.span(c.path, c.start, c.end, context_lines, deg)
         if span is None:
             continue
@@ -68,33 +76,36 @@ def ask_index(
     hops_done = 0
     for hop in range(1, max_hops + 1):
         nxt: list[tuple[SymbolRow, int]] = []
-        for sym, parent_id in frontier:
-            for kind, reverse, label in _RELATIONS:
-                for other, resolution in ev.neighbors(sym.id, kind, reverse=reverse, limit=3):
-                    if other.id in seen or len(findings) >= MAX_FINDINGS:
-                        continue
-                    span = ev.span(
-                        other.path,
-                        other.start_line,
-                        min(other.end_line, other.start_line + 60),
-                        context_lines,
-                        deg,
-                    )
-                    if span is None:
-                        continue
-                    seen.add(other.id)
-                    findings.append(
-                        _finding(
-                            len(findings) + 1,
-                            hop,
-                            f"{sym.name} {label} {other.name}",
-                            parent_id,
-                            other,
-                            span,
-                            f"resolution: {resolution or 'exact'}",
-                        )
-                    )
-                    nxt.append((other, len(findings)))
+        # The hop's links in the order they are considered; their spans are read in one Lens call.
+        links = [
+            (sym, parent_id, label, other, resolution)
+            for sym, parent_id in frontier
+            for kind, reverse, label in _RELATIONS
+            for other, resolution in ev.neighbors(sym.id, kind, reverse=reverse, limit=3)
+        ]
+        for i, (sym, parent_id, label, other, resolution) in enumerate(links):
+            if other.id in seen or len(findings) >= MAX_FINDINGS:
+                continue
+            if not ev.span_known(other.path, other.start_line, _hop_end(other), context_lines, deg):
+                unseen = {link[3].id: link[3] for link in links[i:] if link[3].id not in seen}
+                wanted = list(unseen.values())[: MAX_FINDINGS - len(findings)]
+                ev.prefetch([(o.path, o.start_line, _hop_end(o)) for o in wanted], context_lines, deg)
+            span = ev.span(other.path, other.start_line, _hop_end(other), context_lines, deg)
+            if span is None:
+                continue
+            seen.add(other.id)
+            findings.append(
+                _finding(
+                    len(findings) + 1,
+                    hop,
+                    f"{sym.name} {label} {other.name}",
+                    parent_id,
+                    other,
+                    span,
+                    f"resolution: {resolution or 'exact'}",
+                )
+            )
+            nxt.append((other, len(findings)))
         if not nxt:
             break
         hops_done = hop
@@ -127,6 +138,15 @@ def ask_index(
     out = apply_budget({**out, "results": out.pop("findings")}, token_budget)
     out["findings"] = out.pop("results")
     return out
+
+
+def _seed_key(c: Candidate) -> str:
+    return c.symbol.id if c.symbol else f"{c.path}:{c.start}"
+
+
+def _hop_end(sym: SymbolRow) -> int:
+    """A linked symbol is cited up to 61 lines."""
+    return min(sym.end_line, sym.start_line + 60)
 
 
 def _finding(

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lens.engine import MAX_BATCH_LINES, MAX_BATCH_SPANS, MAX_SPAN_LINES
 from mimir.errors import BadRequest, LensDown, UnknownIndex
 from mimir.lensclient import LensBackend, LensRequestError, LensUnavailable, fallback_ready
 from mimir.pipeline import research_db
@@ -50,11 +52,32 @@ _SYM_COLS = "id, name, kind, container, path, start_line, end_line, line, import
 
 
 @dataclass
+class SpanReads:
+    """One request's batched Lens reads (:meth:`IndexEvidence.prefetch`), consulted before Lens.
+
+    ``lines`` holds what Lens answered per exact range ``(path, start, end)``: the lines, or the
+    error Lens gave for that range; ``missing`` the paths Lens does not have (any range of them is
+    not found). ``lens_down``: a batched read found Lens unavailable, so the rest of the request
+    reads stored snippets without asking Lens again. ``unbatched``: Lens refused the batched read
+    (e.g. an older Lens without it), so spans are read one by one, as before.
+    """
+
+    lines: dict[tuple[str, int, int], list[str] | LensRequestError] = field(default_factory=dict)
+    missing: set[str] = field(default_factory=set)
+    lens_down: bool = False
+    unbatched: bool = False
+
+    def knows(self, path: str, start: int, end: int) -> bool:
+        return self.lens_down or path in self.missing or (path, start, end) in self.lines
+
+
+@dataclass
 class Degradation:
-    """What an answer lacks because a dependency failed."""
+    """What an answer lacks because a dependency failed; also the request's :class:`SpanReads`."""
 
     missing: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    reads: SpanReads = field(default_factory=SpanReads, repr=False, compare=False)
 
     @property
     def degraded(self) -> bool:
@@ -152,18 +175,92 @@ class IndexEvidence:
         return float(row[0] or 0.0) or 1.0
 
     # -- spans ---------------------------------------------------------------------------
-    def read_lines(self, path: str, start: int, end: int, deg: Degradation) -> tuple[list[str], str] | None:
-        """Lines [start, end] at the indexed commit: from Lens, else from a stored snippet."""
+    def prefetch(self, spans: Iterable[tuple[str, int, int]], context: int, deg: Degradation) -> None:
+        """Read the spans ``(path, start, end)`` with ``context`` lines around them in one Lens call.
+
+        What :meth:`span` (same ``context``) and :meth:`read_lines` will ask for is cached in
+        ``deg.reads``, so they answer without a Lens call each; ranges already known are skipped.
+        Requests bigger than Lens's caps are split. When Lens is unavailable the degradation is
+        recorded once and the request's reads fall back to stored snippets, as read_lines does.
+        """
+        reads = deg.reads
+        if reads.lens_down or reads.unbatched:
+            return
+        wanted: dict[tuple[str, int, int], None] = {}
+        for path, start, end in spans:
+            key = (path, max(1, start - context), end + context)
+            if not reads.knows(*key) and key[2] - key[1] < MAX_SPAN_LINES:  # longer: read_file's answer
+                wanted.setdefault(key)
+        batch: list[tuple[str, int, int]] = []
+        lines = 0
+        for key in wanted:
+            size = key[2] - key[1] + 1
+            if batch and (len(batch) >= MAX_BATCH_SPANS or lines + size > MAX_BATCH_LINES):
+                if not self._read_batch(batch, deg):
+                    return
+                batch, lines = [], 0
+            batch.append(key)
+            lines += size
+        if batch:
+            self._read_batch(batch, deg)
+
+    def _read_batch(self, batch: list[tuple[str, int, int]], deg: Degradation) -> bool:
+        reads = deg.reads
         try:
             with fallback_ready():  # stored snippets answer when Lens cannot
-                data = self.lens.read_file(self.record.lens_repo, path, start, end)
-            return list(data["lines"]), "lens"
-        except LensRequestError as exc:
-            if exc.code == "not_found":
-                return None
-            raise BadRequest(exc.message, details={"path": path}) from exc
+                data = self.lens.read_spans(self.record.lens_repo, batch)
         except LensUnavailable as exc:
-            deg.add("lens", f"read_file: {exc}")
+            deg.add("lens", f"read_spans: {exc}")
+            reads.lens_down = True
+            return False
+        except LensRequestError:
+            reads.unbatched = True  # read_file, one span at a time, answers exactly as before
+            return False
+        items = data.get("spans")
+        if not isinstance(items, list) or len(items) != len(batch):
+            reads.unbatched = True
+            return False
+        for key, item in zip(batch, items, strict=True):
+            if item.get("path") != key[0]:
+                continue  # not what was asked for: leave this range to read_file
+            err = item.get("error")
+            if err is None:
+                reads.lines[key] = list(item["lines"])
+            elif err.get("code") == "not_found":
+                reads.missing.add(key[0])
+            else:
+                code = str(err.get("code", "bad_request"))
+                reads.lines[key] = LensRequestError(
+                    code, str(err.get("message", "")), 400, details=dict(err.get("details") or {})
+                )
+        return True
+
+    def span_known(self, path: str, start: int, end: int, context: int, deg: Degradation) -> bool:
+        """:meth:`span` with this ``context`` needs no Lens call (prefetched, or Lens is known down)."""
+        return deg.reads.knows(path, max(1, start - context), end + context)
+
+    def read_lines(self, path: str, start: int, end: int, deg: Degradation) -> tuple[list[str], str] | None:
+        """Lines [start, end] at the indexed commit: from Lens, else from a stored snippet."""
+        reads = deg.reads
+        cached = reads.lines.get((path, start, end))
+        if path in reads.missing:
+            return None
+        if isinstance(cached, list):
+            return list(cached), "lens"
+        if cached is None and not reads.lens_down:
+            try:
+                with fallback_ready():  # stored snippets answer when Lens cannot
+                    data = self.lens.read_file(self.record.lens_repo, path, start, end)
+                return list(data["lines"]), "lens"
+            except LensRequestError as exc:
+                cached = exc
+            except LensUnavailable as exc:
+                deg.add("lens", f"read_file: {exc}")
+        if cached is not None:
+            if cached.code == "not_found":
+                reads.missing.add(path)  # no other range of it exists either
+                return None
+            raise BadRequest(cached.message, details={"path": path}) from cached
         row = (
             self.db()
             .execute(

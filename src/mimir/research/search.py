@@ -217,9 +217,14 @@ def search_repo(
     deg = Degradation()
     cands = gather(ev, query, k, mode, deg)
     results: list[dict[str, Any]] = []
-    for c in cands:
+    for i, c in enumerate(cands):
         if len(results) >= k:
             break
+        if not ev.span_known(c.path, c.start, c.end, context_lines, deg):
+            # One Lens call for every candidate that can still make the page (usually the first k);
+            # another only if some of them turn out not to exist.
+            window = cands[i : i + k - len(results)]
+            ev.prefetch([(w.path, w.start, w.end) for w in window], context_lines, deg)
         span = ev.span(c.path, c.start, c.end, context_lines, deg)
         if span is None:
             continue
