@@ -1,8 +1,8 @@
 """The embedding pass: vectors for chunks that have none yet, after lexical search is live.
 
-Embedding is the slow part (~200 chunks/s on 2 cores), so it runs after the
-lexical index is committed, in small committed batches: search works (and
-reports semantic as pending) meanwhile, and a killed run resumes where it stopped.
+Embedding is the slow part (~220 chunks/s on 2 AMX cores with OpenVINO, ~50 with onnxruntime;
+docs/benchmarks.md), so it runs after the lexical index is committed, in small committed batches:
+search works (and reports semantic as pending) meanwhile, and a killed run resumes where it stopped.
 Vectors are keyed by the hash of the embedded text, so unchanged chunks keep theirs.
 """
 
