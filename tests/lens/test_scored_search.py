@@ -157,3 +157,16 @@ def test_symbol_lookups_use_indexes(three_shards: Lens) -> None:
     assert any("symbols_name_nocase" in step for step in plan)
     assert any("symbols_flat" in step for step in plan)
     assert not any(step.startswith("SCAN symbols") for step in plan)
+
+
+@pytest.mark.parametrize(
+    "content", [b"", b"\n", b"a", b"a\n", b"a\nb", b"a\nb\n", b"\n\nx\n\n", b"one\ntwo\nthree\nfour\n"]
+)
+def test_slice_lines_equals_split(content: bytes) -> None:
+    from lens.query.ranked import slice_lines
+
+    newlines = np.flatnonzero(np.frombuffer(content, dtype=np.uint8) == 10)
+    whole = content.split(b"\n")
+    for lo in range(len(whole) + 3):
+        for hi in range(len(whole) + 3):
+            assert slice_lines(content, newlines, lo, hi) == whole[lo:hi], (lo, hi)

@@ -13,6 +13,9 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import numpy as np
+import numpy.typing as npt
+
 from lens.parse.tokens import query_tokens
 from lens.query.ast import Regex, Term, positive_terms
 from lens.query.exact import ExactPlan
@@ -117,7 +120,7 @@ class FileLines:
         self.snap = snap
         self._content: dict[int, bytes] = {}
         self._needed: dict[int, int] = {}  # file id -> lines the batch will ask for, at most
-        self._split: dict[int, tuple[int, list[bytes]]] = {}
+        self._newlines: dict[int, npt.NDArray[np.intp]] = {}
         self._detached = False
 
     def prefetch(self, needs: Iterable[tuple[int, int]]) -> None:
@@ -136,18 +139,33 @@ class FileLines:
     def detach(self) -> None:
         self._detached = True
 
-    def upto(self, file_id: int, n: int) -> list[bytes]:
-        """``content.split(b"\\n", m)`` for some ``m >= n``: items before index ``n`` are lines."""
-        got = self._split.get(file_id)
-        if got is None or got[0] < n:
-            content = self._content.get(file_id)
-            if content is None:
-                if self._detached:
-                    raise RuntimeError(f"file {file_id} was not prefetched before the snapshot ended")
-                content = self.snap.content(file_id)
-            n = max(n, self._needed.get(file_id, 0))
-            got = self._split[file_id] = (n, content.split(b"\n", n))
-        return got[1]
+    def lines(self, file_id: int, lo: int, hi: int) -> list[bytes]:
+        """``content.split(b"\\n")[lo:hi]``, splitting only those lines.
+
+        A hit needs a chunk's few lines, often deep in a large file: splitting the file up to
+        them made one ``bytes`` object per earlier line and was most of a page's cost. The file's
+        newline offsets (found by numpy, in C) locate the slice instead.
+        """
+        newlines = self._newlines.get(file_id)
+        content = self._content.get(file_id)
+        if content is None:
+            if self._detached:
+                raise RuntimeError(f"file {file_id} was not prefetched before the snapshot ended")
+            content = self._content[file_id] = self.snap.content(file_id)
+        if newlines is None:
+            newlines = self._newlines[file_id] = np.flatnonzero(np.frombuffer(content, dtype=np.uint8) == 10)
+        return slice_lines(content, newlines, lo, hi)
+
+
+def slice_lines(content: bytes, newlines: npt.NDArray[np.intp], lo: int, hi: int) -> list[bytes]:
+    """``content.split(b"\\n")[lo:hi]`` for ``lo, hi >= 0``, given the offsets of its newlines."""
+    parts = len(newlines) + 1
+    lo, hi = min(lo, parts), min(hi, parts)
+    if lo >= hi:
+        return []
+    start = 0 if lo == 0 else int(newlines[lo - 1]) + 1
+    stop = len(content) if hi >= parts else int(newlines[hi - 1])
+    return content[start:stop].split(b"\n")
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,12 +260,11 @@ def chunk_hit(
     """A hit for a chunk span, shown at its most telling line."""
     info = snap.files[file_id]
     first = max(0, start - 1 - context)
-    split = (
-        lines_of.upto(file_id, end + context)
+    raw = (  # lines first+1 .. end+context
+        lines_of.lines(file_id, first, end + context)
         if lines_of is not None
-        else snap.content(file_id).split(b"\n", end + context)
+        else snap.content(file_id).split(b"\n", end + context)[first : end + context]
     )
-    raw = split[first : end + context]  # lines first+1 .. end+context
     span = [r.decode("utf-8", "replace") for r in raw[start - 1 - first : end - first]]
     best = 0
     if name:
