@@ -44,6 +44,9 @@ class LensSettings(RuntimeSettings):
     allowed_roots: str = ""
     max_file_bytes: int = 1 << 20
     embed: bool = True
+    # Runtime for the embedding model (lens.index.embedder reads LENS_EMBED_BACKEND itself, in every
+    # process that embeds; declared here so `lens config check` shows and validates it).
+    embed_backend: Literal["auto", "openvino", "onnxruntime"] = "auto"
     search_timeout_ms: int = 5000
     # Searches run at once; more would only fight over the GIL (0 = one per CPU).
     search_concurrency: int = 0
