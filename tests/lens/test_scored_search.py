@@ -170,3 +170,27 @@ def test_slice_lines_equals_split(content: bytes) -> None:
     for lo in range(len(whole) + 3):
         for hi in range(len(whole) + 3):
             assert slice_lines(content, newlines, lo, hi) == whole[lo:hi], (lo, hi)
+
+
+def test_ranked_prunes_common_tokens_past_the_document_budget(
+    make_repo: Callable[..., Path], lens_factory: Callable[..., Lens], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import lens.query.ranked as ranked_mod
+
+    files: dict[str, str | bytes] = {
+        f"m{i}.py": f"def f{i}():\n    return 'widget'\n" + ("def g():\n    zebra = 1\n" if i == 0 else "")
+        for i in range(12)
+    }
+    lens = lens_factory()
+    lens.index(make_repo(files), name="r")
+    view = lens.searcher.shards.views()[0]
+    with view.snapshot() as snap:
+        counts = ranked_mod.doc_counts(snap, ["widget", "zebra"])
+        assert counts["zebra"] is not None and counts["widget"] is not None
+        assert counts["zebra"] < counts["widget"]
+        monkeypatch.setattr(ranked_mod, "_DOC_BUDGET", counts["widget"] + counts["zebra"])
+        assert ranked_mod.prune_tokens(snap, ["widget", "zebra", "absent"]) == ["zebra", "widget"]
+        monkeypatch.setattr(ranked_mod, "_DOC_BUDGET", counts["widget"])
+        assert ranked_mod.prune_tokens(snap, ["widget", "zebra"]) == ["zebra"]  # rarest first, then cut
+        monkeypatch.setattr(ranked_mod, "_DOC_BUDGET", 0)
+        assert ranked_mod.prune_tokens(snap, ["widget"]) == ["widget"]  # one token is always kept
