@@ -8,9 +8,12 @@ child only. The research databases, graph, repo map and manifest counts must be 
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from gitrepo import commit_all, git, write_files
 from mimir.analyze.cache import FILE_NAME
@@ -148,3 +151,34 @@ def test_incremental_reindex_equals_full_index(tmp_path: Path, make_repo: Callab
     finally:
         incremental.close()
         scratch.close()
+
+
+def test_close_waits_for_cancelled_runs_to_be_recorded(
+    tmp_path: Path, make_repo: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Closing Mimir with a run in flight cancels it and records how it ended before the store
+    closes: its reaper thread once wrote to the closed store ("Cannot operate on a closed database")."""
+    import mimir.pipeline.manager as manager_mod
+
+    record_run = manager_mod.metrics.record_run
+
+    def slow_record_run(run: Any) -> None:  # the reaper's last step, made slow enough to lose the race
+        time.sleep(0.5)
+        record_run(run)
+
+    monkeypatch.setattr(manager_mod.metrics, "record_run", slow_record_run)
+    repo = make_repo(FILES, name="shop-repo")
+    mimir = Mimir(_settings(tmp_path, "data"))
+    out = mimir.ensure_repo_index(str(repo))
+    run_id = out["run"]["run_id"]
+    reapers = dict(mimir.manager._reapers)
+    assert run_id in reapers
+    mimir.close()
+    assert not any(t.is_alive() for t in reapers.values())
+    assert mimir.manager._reapers == {}
+    reopened = Mimir(_settings(tmp_path, "data"))
+    try:
+        run = reopened.store.get_run(run_id)
+        assert run.state not in ("queued", "running"), run
+    finally:
+        reopened.close()

@@ -61,6 +61,8 @@ class IndexManager:
         self.settings = settings
         self.store = store_for(settings)
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        # One reaper per spawned run; close() waits for them, so none writes to a closed store.
+        self._reapers: dict[str, threading.Thread] = {}
         self._lock = threading.Lock()
         self.queue_mode = bool(settings.nats_url) or queue is not None
         self._queue = queue
@@ -118,7 +120,9 @@ class IndexManager:
             proc = spawn(self.settings, index_id, run_id, queued=False)
             self._procs[run_id] = proc
             self.store.update_run(run_id, pid=proc.pid)
-            threading.Thread(target=self._reap, args=(run_id, proc), daemon=True).start()
+            reaper = threading.Thread(target=self._reap, args=(run_id, proc), daemon=True)
+            self._reapers[run_id] = reaper
+            reaper.start()
             return self.store.get_index(index_id), self.store.get_run(run_id)
 
     def _enqueue(
@@ -209,6 +213,7 @@ class IndexManager:
         # The spawning process reaps each run exactly once: the one place to count it.
         metrics.record_run(self.store.get_run(run_id))
         self._procs.pop(run_id, None)
+        self._reapers.pop(run_id, None)
 
     def wait(self, run_id: str, timeout: float | None = None) -> RunRecord:
         if self.queue_mode:
@@ -269,11 +274,18 @@ class IndexManager:
             run = self.store.get_run(run_id)
         return run
 
-    def close(self) -> None:
-        """Embedded runs die with their manager; queued runs are durable and stay queued."""
+    def close(self, reap_timeout: float = 10.0) -> None:
+        """Embedded runs die with their manager; queued runs are durable and stay queued.
+
+        Waits (up to ``reap_timeout``) for each cancelled run's reaper to record how it ended:
+        the caller closes the store next.
+        """
         for run_id in list(self._procs):
             run = self.store.get_run(run_id)
             self.cancel(run.index_id)
+        deadline = time.monotonic() + reap_timeout
+        for reaper in list(self._reapers.values()):
+            reaper.join(max(0.0, deadline - time.monotonic()))
         self._stop_depth.set()
         with self._queue_lock:
             if self._queue is not None:
