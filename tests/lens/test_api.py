@@ -14,21 +14,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from lens.engine import Lens
 from lens.errors import LensError
 from lens.serve.api import create_app
+from support import SAMPLE_SOURCES
 
 SAMPLE: dict[str, str | bytes] = {
-    "src/app.py": (
-        "import os\n"
-        "\n"
-        "def parse_config(path):\n"
-        '    """Read the configuration file."""\n'
-        "    with open(path) as fh:\n"
-        "        return fh.read()\n"
-        "\n"
-        "class ConfigLoader:\n"
-        "    def load(self):\n"
-        "        return parse_config(os.environ['CFG'])\n"
-    ),
-    "src/util.py": "def helper_function(x):\n    return x + 1\n",
+    **SAMPLE_SOURCES,
     "README.md": "# Sample\n\nparse_config reads the configuration.\n",
     "logo.png": b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(64)),
 }

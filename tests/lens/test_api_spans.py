@@ -18,21 +18,10 @@ from gitrepo import commit_all, write_files
 from lens.engine import MAX_BATCH_LINES, MAX_BATCH_SPANS, MAX_SPAN_LINES, Lens
 from lens.errors import BadRequest, LensError, NotFound
 from lens.serve.api import create_app
+from support import SAMPLE_SOURCES
 
 SAMPLE: dict[str, str | bytes] = {
-    "src/app.py": (
-        "import os\n"
-        "\n"
-        "def parse_config(path):\n"
-        '    """Read the configuration file."""\n'
-        "    with open(path) as fh:\n"
-        "        return fh.read()\n"
-        "\n"
-        "class ConfigLoader:\n"
-        "    def load(self):\n"
-        "        return parse_config(os.environ['CFG'])\n"
-    ),
-    "src/util.py": "def helper_function(x):\n    return x + 1\n",
+    **SAMPLE_SOURCES,
     "src/no_newline.py": "first = 1\nlast = 2",
     "empty.txt": "",
     "README.md": "# Sample\n\nparse_config reads the configuration.\n",

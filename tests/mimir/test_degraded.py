@@ -9,17 +9,15 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from mimir.config import MimirSettings
 from mimir.service import Mimir
-from support import free_port
+from support import free_port, start_lens
 
 FILES = {
     "shop/cart.py": (
@@ -34,31 +32,11 @@ FILES = {
 }
 
 
-def _start_lens(data: Path, roots: Path, port: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "LENS_DATA_DIR": str(data), "LENS_ALLOWED_ROOTS": str(roots), "LENS_EMBED": "0"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "lens.serve.cli", "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=0.5).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("lens did not start")
-
-
 @pytest.fixture
 def lens_server(tmp_path: Path) -> Iterator[dict[str, object]]:
     port = free_port()
     state: dict[str, object] = {"port": port, "data": tmp_path / "lens-data", "roots": tmp_path}
-    state["proc"] = _start_lens(tmp_path / "lens-data", tmp_path, port)
+    state["proc"] = start_lens(tmp_path / "lens-data", tmp_path, port)
     try:
         yield state
     finally:
@@ -113,7 +91,7 @@ def test_lens_outage_is_degraded_then_recovers(
         empty = mimir.search_repo(index_id, "zzqx nothing matches", k=5)
         assert empty["results"] == [] and empty["degraded"] is True and "message" in empty
 
-        lens_server["proc"] = _start_lens(
+        lens_server["proc"] = start_lens(
             lens_server["data"],
             lens_server["roots"],
             port,  # type: ignore[arg-type]

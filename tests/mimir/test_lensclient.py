@@ -32,23 +32,11 @@ from mimir.lensclient import (
     NotSupported,
     make_lens_backend,
 )
-from support import free_port
+from support import SAMPLE_SOURCES, free_port
 
 TOKEN = "test-token-123"
 FILES: dict[str, str | bytes] = {
-    "src/app.py": (
-        "import os\n"
-        "\n"
-        "def parse_config(path):\n"
-        '    """Read the configuration file."""\n'
-        "    with open(path) as fh:\n"
-        "        return fh.read()\n"
-        "\n"
-        "class ConfigLoader:\n"
-        "    def load(self):\n"
-        "        return parse_config(os.environ['CFG'])\n"
-    ),
-    "src/util.py": "def helper_function(x):\n    return x + 1\n",
+    **SAMPLE_SOURCES,
     "docs/notes #1 ü?.md": "a path that needs URL encoding\n",
     "README.md": "# Sample\n\nparse_config reads the configuration.\n",
 }

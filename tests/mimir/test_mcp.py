@@ -28,6 +28,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.server.mcpserver import MCPServer
 from mcp_types import BlobResourceContents, CallToolResult, TextResourceContents
 
+from gitrepo import commit_all, git, write_files
 from infra.auth import token_id
 from mimir.serve.mcp import build_mcp_server
 from mimir.service import Mimir
@@ -35,14 +36,6 @@ from mimir.store import SqliteStore
 from support import free_port
 
 pytestmark = pytest.mark.slow
-
-GIT_ENV = {
-    "GIT_AUTHOR_NAME": "t",
-    "GIT_AUTHOR_EMAIL": "t@example.invalid",
-    "GIT_COMMITTER_NAME": "t",
-    "GIT_COMMITTER_EMAIL": "t@example.invalid",
-    "GIT_CONFIG_NOSYSTEM": "1",
-}
 
 FILES = {
     "zoo/__init__.py": "",
@@ -131,27 +124,12 @@ class MimirEnv:
     env: dict[str, str]
 
 
-def _git(repo: Path, *args: str) -> str:
-    env = {**os.environ, **GIT_ENV, "HOME": str(repo.parent)}
-    out = subprocess.run(
-        ["git", "-C", str(repo), "-c", "commit.gpgsign=false", *args],
-        check=True,
-        capture_output=True,
-        env=env,
-    )
-    return out.stdout.decode().strip()
-
-
 def make_sample_repo(root: Path) -> Path:
     """A small git repo: functions calling each other across files and a class hierarchy."""
     root.mkdir(parents=True)
-    _git(root, "init", "-q", "-b", "main")
-    for rel, text in FILES.items():
-        p = root / rel
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(text)
-    _git(root, "add", "-A")
-    _git(root, "commit", "-q", "-m", "initial")
+    git(root, "init", "-q", "-b", "main")
+    write_files(root, FILES)
+    commit_all(root, "initial")
     return root
 
 

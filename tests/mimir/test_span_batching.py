@@ -13,8 +13,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
-import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -34,7 +32,7 @@ from mimir.research.evidence import Degradation, IndexEvidence
 from mimir.research.search import search_repo
 from mimir.serve.api import create_app
 from mimir.service import Mimir
-from support import free_port
+from support import free_port, start_lens
 
 N_CALLERS = 45
 
@@ -81,27 +79,6 @@ def _make_repo(path: Path) -> Path:
     return path
 
 
-# -- a Lens server process ------------------------------------------------------------------
-def _start_lens(data: Path, roots: Path, port: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "LENS_DATA_DIR": str(data), "LENS_ALLOWED_ROOTS": str(roots), "LENS_EMBED": "0"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "lens.serve.cli", "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=0.5).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    os.killpg(proc.pid, signal.SIGKILL)
-    raise RuntimeError("lens did not start")
-
-
 def _stop(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGKILL)
@@ -132,7 +109,7 @@ def http_setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpSetup]:
     base = tmp_path_factory.mktemp("spans-http").resolve()
     repo = _make_repo(base / "calls-repo")
     port = free_port()
-    proc = _start_lens(base / "lens-data", base, port)
+    proc = start_lens(base / "lens-data", base, port)
     settings = MimirSettings(
         data_dir=base / "mimir-data",
         allowed_roots=str(base),
@@ -341,7 +318,7 @@ def test_lens_calls_per_rest_search_do_not_grow_with_k(http_setup: HttpSetup) ->
 def test_lens_dies_between_search_and_read(http_setup: HttpSetup) -> None:
     """The search answers, then Lens is gone: one failed batched read, then stored snippets."""
     port = free_port()
-    proc = _start_lens(http_setup.base / "lens-data", http_setup.base, port)  # a second server, same shards
+    proc = start_lens(http_setup.base / "lens-data", http_setup.base, port)  # a second server, same shards
     lens = HttpLens(f"http://127.0.0.1:{port}", connect_timeout=0.3, backoff_base=0.01)
     mimir = http_setup.mimir
     try:

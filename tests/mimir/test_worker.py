@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from gitrepo import commit_all, git, write_files
 from infra.queue.jetstream import JetStreamQueue
 from mimir.config import MimirSettings
 from mimir.pipeline.dispatch import QueueDown
@@ -40,14 +41,6 @@ pytestmark = pytest.mark.slow
 ACK_WAIT_S = 3
 MAX_DELIVER = 3
 PAUSE_S = 6  # the run pauses this long after its symbols stage
-GIT_ENV = {
-    "GIT_AUTHOR_NAME": "t",
-    "GIT_AUTHOR_EMAIL": "t@example.invalid",
-    "GIT_COMMITTER_NAME": "t",
-    "GIT_COMMITTER_EMAIL": "t@example.invalid",
-    "GIT_CONFIG_NOSYSTEM": "1",
-    "HOME": "/nonexistent",
-}
 FILES = {
     "calc/ops.py": "def add(a, b):\n    return a + b\n\n\ndef twice(x):\n    return add(x, x)\n",
     "calc/main.py": "from calc.ops import twice\n\n\ndef run():\n    return twice(21)\n",
@@ -56,25 +49,11 @@ FILES = {
 _FOREIGN = ("DATABASE_URL", "REDIS_URL", "NATS_URL", "NATS_NAMESPACE", "LENS_URL", "LENS_TOKEN")
 
 
-def _git(repo: Path, *args: str) -> str:
-    out = subprocess.run(
-        ["git", "-C", str(repo), "-c", "commit.gpgsign=false", *args],
-        check=True,
-        capture_output=True,
-        env={**os.environ, **GIT_ENV},
-    )
-    return out.stdout.decode().strip()
-
-
 def make_repo(root: Path) -> tuple[Path, str]:
     root.mkdir(parents=True)
-    _git(root, "init", "-q", "-b", "main")
-    for rel, text in FILES.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_text(text)
-    _git(root, "add", "-A")
-    _git(root, "commit", "-q", "-m", "initial")
-    return root, _git(root, "rev-parse", "HEAD")
+    git(root, "init", "-q", "-b", "main")
+    write_files(root, FILES)
+    return root, commit_all(root, "initial")
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float) -> Any:

@@ -22,6 +22,7 @@ import httpx
 import pytest
 from ops_support import EXPORTERS, LiveStack, Service, require_binary
 
+from gitrepo import commit_all, git, write_files
 from support import free_port
 
 REPO_FILES = {
@@ -43,14 +44,6 @@ REPO_FILES = {
         "    return amount\n"
     ),
     "README.md": "# shop\n\nA tiny shop used by the operations tests.\n",
-}
-GIT_ENV = {
-    "GIT_AUTHOR_NAME": "t",
-    "GIT_AUTHOR_EMAIL": "t@example.invalid",
-    "GIT_COMMITTER_NAME": "t",
-    "GIT_COMMITTER_EMAIL": "t@example.invalid",
-    "GIT_CONFIG_NOSYSTEM": "1",
-    "HOME": "/nonexistent",
 }
 # Variables that would point the services at external backends or another configuration.
 _CLEARED_PREFIXES = ("LENS_", "MIMIR_", "OTEL_")
@@ -88,17 +81,9 @@ def _start(name: str, module: str, port: int, env: dict[str, str], log: Path) ->
 
 def _make_repo(root: Path) -> Path:
     root.mkdir(parents=True)
-    for rel, text in REPO_FILES.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_text(text)
-    env = {**os.environ, **GIT_ENV}
-    for args in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-q", "-m", "initial"]):
-        subprocess.run(
-            ["git", "-C", str(root), "-c", "commit.gpgsign=false", *args],
-            check=True,
-            capture_output=True,
-            env=env,
-        )
+    git(root, "init", "-q", "-b", "main")
+    write_files(root, REPO_FILES)
+    commit_all(root, "initial")
     return root
 
 
