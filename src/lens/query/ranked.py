@@ -121,15 +121,12 @@ class FileLines:
     def __init__(self, snap: Snapshot) -> None:
         self.snap = snap
         self._content: dict[int, bytes] = {}
-        self._needed: dict[int, int] = {}  # file id -> lines the batch will ask for, at most
         self._newlines: dict[int, npt.NDArray[np.intp]] = {}
         self._detached = False
 
-    def prefetch(self, needs: Iterable[tuple[int, int]]) -> None:
-        """Read the files of ``(file id, lines needed)`` pairs."""
-        for file_id, n in needs:
-            self._needed[file_id] = max(n, self._needed.get(file_id, 0))
-        wanted = [f for f in self._needed if f not in self._content]
+    def prefetch(self, file_ids: Iterable[int]) -> None:
+        """Read these files (those already read are skipped)."""
+        wanted = [f for f in dict.fromkeys(file_ids) if f not in self._content]
         if wanted:
             rows = self.snap.conn.execute(
                 "SELECT id, CAST(content AS BLOB) FROM files WHERE id IN (SELECT value FROM json_each(?))",
@@ -188,8 +185,8 @@ class Candidate:
     tokens: tuple[str, ...]
     why: str
 
-    def needs(self, context: int) -> tuple[tuple[int, int], ...]:
-        return ((self.file_id, self.end + context),)
+    def files(self) -> tuple[int, ...]:
+        return (self.file_id,)
 
     def materialize(self, lines: FileLines, context: int) -> Hit:
         return chunk_hit(

@@ -223,7 +223,7 @@ class Searcher:
             # Pass 2 reads the files of the page's candidates on the shard threads (SQLite runs
             # without the GIL), then shows the hits here: that part is Python, and threads would
             # only pass the GIL back and forth.
-            fetched = _each(partial(_fetch, context=plan.context), selected)
+            fetched = _each(_fetch, selected)
             if all(lines is not None for lines in fetched):
                 break
         hits = [
@@ -274,8 +274,8 @@ class _Pending(Protocol):
     @property
     def score(self) -> float: ...
 
-    def needs(self, context: int) -> tuple[tuple[int, int], ...]:
-        """(file id, lines) :meth:`materialize` reads: the file's first lines, up to that many."""
+    def files(self) -> tuple[int, ...]:
+        """The files :meth:`materialize` reads."""
         ...
 
     def materialize(self, lines: FileLines, context: int) -> Hit: ...
@@ -291,7 +291,7 @@ class _Shown:
     def score(self) -> float:
         return self.hit.score
 
-    def needs(self, context: int) -> tuple[tuple[int, int], ...]:
+    def files(self) -> tuple[int, ...]:
         return ()
 
     def materialize(self, lines: FileLines, context: int) -> Hit:
@@ -332,7 +332,7 @@ def _select(parts: list[_ShardPart], offset: int, limit: int) -> tuple[_Selectio
     return selected, above
 
 
-def _fetch(task: tuple[_ShardPart, list[_Pending]], context: int) -> FileLines | None:
+def _fetch(task: tuple[_ShardPart, list[_Pending]]) -> FileLines | None:
     """The files ``items`` show, read from the shard generation they were scored in; None if the
     shard has changed since."""
     part, items = task
@@ -342,7 +342,7 @@ def _fetch(task: tuple[_ShardPart, list[_Pending]], context: int) -> FileLines |
         if (snap.shard, snap.generation) != part.key:
             return None
         lines = FileLines(snap)
-        lines.prefetch(need for it in items for need in it.needs(context))
+        lines.prefetch(file_id for it in items for file_id in it.files())
     lines.detach()
     return lines
 
@@ -453,8 +453,8 @@ class _Fused:
     why: list[str] = field(default_factory=list)
     symbol_hit: Hit | None = None  # a later symbol hit on the span: its line and symbol are shown
 
-    def needs(self, context: int) -> tuple[tuple[int, int], ...]:
-        return () if isinstance(self.base, Hit) else self.base.needs(context)
+    def files(self) -> tuple[int, ...]:
+        return () if isinstance(self.base, Hit) else self.base.files()
 
     def materialize(self, lines: FileLines, context: int) -> Hit:
         hit = self.base if isinstance(self.base, Hit) else self.base.materialize(lines, context)
